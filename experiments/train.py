@@ -1,0 +1,26 @@
+"""Runs a PRISM experiment from a config file.
+
+  python -m experiments.train                                   # offline MNIST default
+  python -m experiments.train --config.rounds=5 --workdir=runs/quick
+  python -m experiments.train --config=experiments/configs/mnist_cpu.py --config.split=shards
+"""
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from prism_jax import train
+
+_DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/mnist_cpu", "Where the run writes its outputs.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  train.train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,27 @@
+"""Communication and storage accounting (paper Sec. 4, "Communication cost").
+
+Upstream a client sends one bit per masked weight; downstream the server broadcasts the
+global probabilities as float32 (32 bits per weight). The final model is the seed plus one
+bit per weight.
+"""
+from __future__ import annotations
+
+FLOAT_BITS = 32
+SEED_BYTES = 4
+
+
+def round_bits(num_weights: int, clients_per_round: int) -> dict[str, int]:
+  """Bits moved in one round, per client and in total."""
+  up, down = num_weights, FLOAT_BITS * num_weights
+  return {"bits_up_per_client": up, "bits_down_per_client": down,
+          "bits_up": up * clients_per_round, "bits_down": down * clients_per_round}
+
+
+def dense_bytes(num_weights: int) -> int:
+  """Size of the same generator stored densely in float32."""
+  return FLOAT_BITS // 8 * num_weights
+
+
+def mask_bytes(num_weights: int) -> int:
+  """Seed plus the packed mask: ``ceil(n / 8)`` bytes of bits."""
+  return SEED_BYTES + (num_weights + 7) // 8

@@ -1,0 +1,118 @@
+"""The PRISM generator: a ResNet generator whose conv weights are frozen and masked.
+
+Architecture (official PRISM code, 32x32 default): z ~ N(0, I_nz) -> ConvTranspose 4x4
+(nz -> C0, 1x1 -> 4x4) -> log2(image_size) - 2 upsampling residual blocks -> BN -> ReLU ->
+Conv3x3 -> tanh. Widths "adapt": the last block has ``ngf`` channels, each earlier block
+doubles, so C0 = ngf * 2^(blocks). No biases; BatchNorm uses batch statistics and has no
+trained affine parameters (the official code never trains them, so they stay at 1 / 0).
+
+The Flax module is an ordinary network; masking happens outside it, on its ``params``:
+``frozen weights * mask(scores)`` are passed in as ``params`` (see :func:`generate`). The
+frozen weights are a pure function of a seed (:func:`init_weights`) and are never trained,
+checkpointed or sent; only the scores (same PyTree structure) are.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prism_jax import masking
+
+
+def signed_constant(key, shape, dtype=jnp.float32):
+  """Signed-constant init: ``sign(w0) * sqrt(2 / fan_in)`` (Kaiming gain for ReLU).
+
+  ``fan_in`` is the product of all kernel dims but the last (Flax layout ``(kh, kw, in,
+  out)``), as ``flax.linen.initializers.variance_scaling`` computes it.
+  """
+  fan_in = math.prod(shape[:-1])
+  return jax.random.rademacher(key, shape, dtype) * jnp.sqrt(2.0 / fan_in).astype(dtype)
+
+
+def batch_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """BatchNorm in training mode without affine: normalise over batch and space."""
+  mean = jnp.mean(x, axis=(0, 1, 2), keepdims=True)
+  var = jnp.var(x, axis=(0, 1, 2), keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour x2 upsampling of an NHWC tensor."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _conv(features: int, kernel: int, name: str) -> nn.Conv:
+  return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=False,
+                 kernel_init=signed_constant, name=name)
+
+
+class UpBlock(nn.Module):
+  """BN -> ReLU -> up x2 -> Conv3x3 -> BN -> ReLU -> Conv3x3, plus (1x1 conv ->) up x2 skip."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    h = upsample2x(jax.nn.relu(batch_norm(x)))
+    h = _conv(self.features, 3, "conv1")(h)
+    h = _conv(self.features, 3, "conv2")(jax.nn.relu(batch_norm(h)))
+    skip = x if x.shape[-1] == self.features else _conv(self.features, 1, "shortcut")(x)
+    return h + upsample2x(skip)
+
+
+class ResNetGenerator(nn.Module):
+  """Maps ``z: [batch, nz]`` to images ``[batch, image_size, image_size, channels]`` in [-1, 1]."""
+  image_size: int = 32
+  channels: int = 1
+  nz: int = 128
+  ngf: int = 64
+
+  @property
+  def num_blocks(self) -> int:
+    return int(math.log2(self.image_size)) - 2
+
+  def __post_init__(self):
+    if self.image_size < 8 or self.image_size & (self.image_size - 1):
+      raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+    if self.channels not in (1, 3):
+      raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, z):
+    widths = [self.ngf * 2 ** (self.num_blocks - 1 - i) for i in range(self.num_blocks)]
+    x = z.reshape(z.shape[0], 1, 1, self.nz)
+    x = nn.ConvTranspose(2 * widths[0], (4, 4), padding="VALID", use_bias=False,
+                         kernel_init=signed_constant, name="input")(x)
+    for i, w in enumerate(widths):
+      x = UpBlock(w, name=f"block{i}")(x)
+    x = _conv(self.channels, 3, "output")(jax.nn.relu(batch_norm(x)))
+    return jnp.tanh(x)
+
+
+def init_weights(model: ResNetGenerator, seed: int):
+  """The frozen random weights: a pure function of ``seed`` (never trained nor sent)."""
+  z = jnp.zeros((1, model.nz), jnp.float32)
+  return model.init(jax.random.key(seed), z)["params"]
+
+
+def init_scores(key: jax.Array, weights, std: float = 1.0):
+  """Scores ~ N(0, std^2), one per frozen weight (official default std = 1)."""
+  leaves, treedef = jax.tree.flatten(weights)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+      treedef, [std * jax.random.normal(k, w.shape, w.dtype) for k, w in zip(keys, leaves)])
+
+
+def generate(model: ResNetGenerator, weights, scores, z, key=None, mode="sample",
+             estimator="prob"):
+  """Images from the masked generator: ``model(W_init * mask(scores), z)``."""
+  mask_tree = masking.masks(scores, key, mode, estimator)
+  return model.apply({"params": masking.apply_masks(weights, mask_tree)}, z)
+
+
+def apply_binary(model: ResNetGenerator, weights, binary_masks, z):
+  """Images from a fixed binary mask (the exported model)."""
+  return model.apply({"params": masking.apply_masks(weights, binary_masks)}, z)

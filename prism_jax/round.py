@@ -1,0 +1,158 @@
+"""One PRISM federated round as one jitted step (Algorithm 1).
+
+    round_step(server_state, client_data, key) -> (server_state, metrics)
+
+1. regenerate the frozen weights from ``server_state.seed`` (on each device; never sent);
+2. pick this round's clients (all, or a random subset of fixed size: no recompilation);
+3. every selected client runs :func:`prism_jax.client.client_update` -- ``vmap`` over the
+   client axis, which ``shard_map`` spreads over the devices of a 1-D ``"clients"`` mesh;
+4. the server reduces the uploaded masks over the client axis and applies MADA
+   (:func:`prism_jax.server.server_update`).
+Clients hold different amounts of data: ``ClientData`` is padded to a common length and
+carries per-client ``counts``. When the number of selected clients does not divide the
+number of devices, empty slots with aggregation weight 0 fill the last device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from prism_jax import client, generator, masking, server
+
+AXIS = "clients"
+
+
+@flax.struct.dataclass
+class ServerState:
+  """Global state: the frozen network's seed, the global scores and the round counter."""
+  seed: jax.Array    # int32 []; weights = generator.init_weights(model, seed)
+  scores: Any        # PyTree like the generator's params
+  round: jax.Array   # int32 []
+
+
+@flax.struct.dataclass
+class ClientData:
+  """All clients' data, padded: ``images [K, N_max, H, W, C]`` and ``counts [K]``."""
+  images: jax.Array
+  counts: jax.Array
+
+  @property
+  def num_clients(self) -> int:
+    return self.images.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prism:
+  """The algorithm's static description (everything that shapes the compiled round)."""
+  objective: client.Objective
+  local: client.LocalConfig = client.LocalConfig()
+  server: server.ServerConfig = server.ServerConfig()
+  num_clients: int = 10
+  clients_per_round: int | None = None   # None: all clients every round
+
+  def __post_init__(self):
+    if self.num_clients < 1:
+      raise ValueError(f"num_clients must be >= 1, got {self.num_clients}")
+    if not 1 <= self.per_round <= self.num_clients:
+      raise ValueError(f"clients_per_round must lie in [1, num_clients={self.num_clients}], "
+                       f"got {self.clients_per_round}")
+
+  @property
+  def per_round(self) -> int:
+    return self.num_clients if self.clients_per_round is None else self.clients_per_round
+
+  @property
+  def model(self) -> generator.ResNetGenerator:
+    return self.objective.model
+
+
+def init_state(model: generator.ResNetGenerator, seed: int, key: jax.Array,
+               score_std: float = 1.0) -> ServerState:
+  """Round-0 state: scores ~ N(0, score_std^2) over the weights generated from ``seed``."""
+  weights = jax.eval_shape(lambda: generator.init_weights(model, seed))
+  weights = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), weights)
+  return ServerState(jnp.asarray(seed, jnp.int32), generator.init_scores(key, weights, score_std),
+                     jnp.zeros((), jnp.int32))
+
+
+def client_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: all) whose axis is the client axis."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(devices, (AXIS,))
+
+
+def shard_client_data(data: ClientData, mesh: Mesh) -> ClientData:
+  """Places client data on the mesh: split over clients if they divide evenly, else replicated."""
+  spec = P(AXIS) if data.num_clients % mesh.size == 0 else P()
+  return jax.device_put(data, NamedSharding(mesh, spec))
+
+
+def select_clients(key: jax.Array, num_clients: int, per_round: int, slots: int):
+  """Indices of this round's clients, padded to ``slots``, and their weights (0 = empty slot)."""
+  if per_round == num_clients:
+    idx = jnp.arange(num_clients)
+  else:
+    idx = jax.random.choice(key, num_clients, (per_round,), replace=False)
+  pad = slots - per_round
+  idx = jnp.concatenate([idx, jnp.zeros((pad,), idx.dtype)])
+  weights = jnp.concatenate([jnp.ones((per_round,)), jnp.zeros((pad,))])
+  return idx, weights
+
+
+def _mean_entropy_bits(theta) -> jax.Array:
+  """Mean binary entropy of theta, bits per weight: the size of an ideally coded mask."""
+  def h(t):
+    t = jnp.clip(t, 1e-7, 1 - 1e-7)
+    return jnp.sum(-(t * jnp.log2(t) + (1 - t) * jnp.log2(1 - t)))
+  return sum(h(t) for t in jax.tree.leaves(theta)) / masking.num_weights(theta)
+
+
+def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
+  """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``."""
+  mesh = client_mesh() if mesh is None else mesh
+  slots = math.ceil(prism.per_round / mesh.size) * mesh.size
+  update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local)
+  clients = jax.shard_map(jax.vmap(update, in_axes=(None, None, 0, 0, 0)), mesh=mesh,
+                          in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),
+                          out_specs=(P(AXIS), P(AXIS)))
+
+  def round_step(state: ServerState, data: ClientData, key: jax.Array):
+    if data.num_clients != prism.num_clients:
+      raise ValueError(f"client_data holds {data.num_clients} clients, the algorithm was "
+                       f"built for {prism.num_clients}")
+    k_select, k_clients, k_server = jax.random.split(key, 3)
+    weights = generator.init_weights(prism.model, state.seed)
+    idx, slot_weights = select_clients(k_select, prism.num_clients, prism.per_round, slots)
+    if slots == prism.num_clients:
+      images, counts = data.images, data.counts   # everyone participates: no gather
+    else:
+      images, counts = data.images[idx], data.counts[idx]
+    masks, cm = clients(state.scores, weights, images, counts, jax.random.split(k_clients, slots))
+    scores, theta_hat, lam = server.server_update(k_server, state.scores, masks, slot_weights,
+                                                  prism.server)
+    w = slot_weights / jnp.sum(slot_weights)
+    metrics = {name: jnp.dot(w, v) for name, v in cm.items()}
+    metrics.update(mada_lambda=lam,
+                   density=sum(jnp.sum(t) for t in jax.tree.leaves(theta_hat))
+                   / masking.num_weights(theta_hat),
+                   mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
+    return ServerState(state.seed, scores, state.round + 1), metrics
+
+  jitted = jax.jit(round_step)
+  replicated = NamedSharding(mesh, P())
+
+  @functools.wraps(round_step)
+  def step(state: ServerState, data: ClientData, key: jax.Array):
+    # The output state is replicated over the mesh; placing the input state the same way
+    # keeps round 0 and round 1 on one compiled executable.
+    return jitted(jax.device_put(state, replicated), data, key)
+
+  step.jitted = jitted
+  return step
