@@ -35,7 +35,7 @@ def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def gaussian_mmd(real_feats: jax.Array, fake_feats: jax.Array,
-                 bandwidths: Sequence[float] = (0.5, 1.0, 2.0, 4.0, 8.0)) -> jax.Array:
+                 bandwidths: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0)) -> jax.Array:
   """Multi-bandwidth Gaussian-kernel MMD^2 (biased V-statistic, so exactly 0 for x == y).
 
   ``k(x, y) = sum_b exp(-||x - y||^2 / (b * D))`` with ``D`` the feature dimension, so the

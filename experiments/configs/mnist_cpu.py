@@ -34,10 +34,10 @@ def get_config():
   c.mada = True
   c.smoothing = 0.01
   # Run.
-  c.rounds = 30
+  c.rounds = 15
   c.train_seed = 0
   c.num_samples = 64
-  c.sample_every = 10
-  c.checkpoint_every = 10
+  c.sample_every = 5
+  c.checkpoint_every = 5
   c.keep_checkpoints = 3
   return c

@@ -1,0 +1,76 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prism_jax import generator, masking
+
+
+def test_paper_generator_size():
+  # The official 32x32 grey-image generator has 3,543,616 masked weights (nz 128, ngf 64).
+  model = generator.ResNetGenerator(32, 1, 128, 64)
+  shapes = jax.eval_shape(lambda: generator.init_weights(model, 0))
+  assert masking.num_weights(shapes) == 3_543_616
+  assert shapes["input"]["kernel"].shape == (4, 4, 128, 512)
+  assert shapes["block2"]["conv2"]["kernel"].shape == (3, 3, 64, 64)
+
+
+@pytest.mark.parametrize("size,channels", [(8, 1), (16, 3), (32, 1)])
+def test_output_shape_and_range(size, channels):
+  model = generator.ResNetGenerator(size, channels, nz=8, ngf=4)
+  w = generator.init_weights(model, 0)
+  s = generator.init_scores(jax.random.key(1), w)
+  x = generator.generate(model, w, s, jax.random.normal(jax.random.key(2), (5, 8)),
+                         jax.random.key(3))
+  chex.assert_shape(x, (5, size, size, channels))
+  assert jnp.all(jnp.abs(x) <= 1.0)
+  chex.assert_tree_all_finite(x)
+
+
+def test_weights_reproducible_from_seed_and_signed_constant(tiny_model):
+  a, b = generator.init_weights(tiny_model, 7), generator.init_weights(tiny_model, 7)
+  c = generator.init_weights(tiny_model, 8)
+  chex.assert_trees_all_equal(a, b)
+  assert not np.array_equal(a["block0"]["conv1"]["kernel"], c["block0"]["conv1"]["kernel"])
+  for leaf in jax.tree.leaves(a):
+    fan_in = np.prod(leaf.shape[:-1])
+    np.testing.assert_allclose(np.abs(leaf), np.sqrt(2.0 / fan_in), rtol=1e-6)
+    assert 0.3 < np.mean(leaf > 0) < 0.7   # both signs present
+
+
+@pytest.mark.parametrize("ksize", [1, 3])
+def test_matmul_conv_equals_xla_conv(ksize):
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+  k = jax.random.normal(jax.random.key(1), (ksize, ksize, 5, 6))
+  chex.assert_trees_all_close(generator.conv2d(x, k, "matmul"), generator.conv2d(x, k, "xla"),
+                              atol=1e-5)
+
+
+def test_project_is_transposed_conv_on_1x1_input():
+  z = jax.random.normal(jax.random.key(0), (3, 4))
+  model = generator.Project(5, 4)
+  params = model.init(jax.random.key(1), z)
+  kernel = params["params"]["kernel"]
+  out = model.apply(params, z)
+  # PyTorch ConvTranspose2d on a 1x1 input: out[b, o, i, j] = sum_c z[b, c] W[c, o, i, j].
+  ref = np.einsum("bc,coij->bijo", np.asarray(z), np.transpose(np.asarray(kernel), (2, 3, 0, 1)))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+  chex.assert_shape(out, (3, 4, 4, 5))
+
+
+def test_impls_give_same_images(tiny_model):
+  w = generator.init_weights(tiny_model, 0)
+  s = generator.init_scores(jax.random.key(1), w)
+  z = jax.random.normal(jax.random.key(2), (4, 8))
+  outs = [generator.generate(tiny_model.clone(conv_impl=impl), w, s, z, mode="threshold")
+          for impl in ("xla", "matmul")]
+  chex.assert_trees_all_close(*outs, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(image_size=24), "power of two"),
+                                          (dict(image_size=4), "power of two"),
+                                          (dict(channels=2), "channels")])
+def test_bad_generator_config(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    generator.ResNetGenerator(**kwargs)

@@ -1,0 +1,56 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prism_jax import server
+
+
+def test_aggregate_hand_computed():
+  masks = {"w": jnp.array([[1, 0, 1], [1, 1, 0], [0, 0, 0]], bool)}
+  theta = server.aggregate(masks, jnp.array([1.0, 1.0, 0.0]), eps=0.01)  # 3rd slot empty
+  # per weight: mean of smoothed bits of the two real clients
+  chex.assert_trees_all_close(theta["w"], jnp.array([0.99, 0.5, 0.5]), rtol=1e-6)
+
+
+def test_logit_round_trip_and_finite_at_extremes():
+  theta = {"w": jnp.array([0.01, 0.5, 0.99])}
+  s = server.scores_from_probs(theta)
+  chex.assert_trees_all_close(jax.nn.sigmoid(s["w"]), theta["w"], rtol=1e-5)
+  chex.assert_tree_all_finite(s)
+  np.testing.assert_allclose(s["w"][1], 0.0, atol=1e-7)
+
+
+def test_hamming():
+  a = {"x": jnp.array([1, 0, 1, 1], bool), "y": jnp.array([[0, 0]], bool)}
+  b = {"x": jnp.array([1, 1, 1, 0], bool), "y": jnp.array([[0, 1]], bool)}
+  np.testing.assert_allclose(server.hamming(a, b), 3 / 6)
+
+
+def test_mada_hand_computed():
+  # Saturated scores make both sampled masks deterministic: 2 of 4 bits differ -> lambda 1/2.
+  prev = {"w": jnp.array([50.0, 50.0, -50.0, -50.0])}
+  new = {"w": jnp.array([50.0, -50.0, 50.0, -50.0])}
+  mixed, lam = server.mada(jax.random.key(0), prev, new)
+  np.testing.assert_allclose(lam, 0.5)
+  chex.assert_trees_all_close(mixed["w"], jnp.array([50.0, 0.0, 0.0, -50.0]))
+
+
+def test_server_update_with_and_without_mada():
+  prev = {"w": jnp.array([3.0, -3.0])}
+  masks = {"w": jnp.array([[1, 1], [1, 0]], bool)}
+  weights = jnp.ones(2)
+  plain, theta, lam = server.server_update(jax.random.key(0), prev, masks, weights,
+                                           server.ServerConfig(mada=False))
+  chex.assert_trees_all_close(plain["w"], jnp.log(theta["w"] / (1 - theta["w"])), rtol=1e-5)
+  assert float(lam) == 1.0
+  mixed, _, lam = server.server_update(jax.random.key(0), prev, masks, weights,
+                                       server.ServerConfig(mada=True))
+  chex.assert_trees_all_close(mixed["w"], (1 - lam) * prev["w"] + lam * plain["w"], rtol=1e-5)
+  assert 0.0 <= float(lam) <= 1.0
+
+
+def test_bad_smoothing():
+  with pytest.raises(ValueError, match="smoothing"):
+    server.ServerConfig(smoothing=0.5)
