@@ -28,6 +28,7 @@ class LocalConfig:
   """Client hyper-parameters (defaults: the paper's)."""
   local_steps: int = 100
   batch_size: int = 64
+  optimizer_name: str = "adam"  # "adam" (paper) or "sgd"
   learning_rate: float = 0.1
   b1: float = 0.5
   b2: float = 0.999
@@ -42,12 +43,16 @@ class LocalConfig:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if not self.learning_rate > 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+    if self.optimizer_name not in ("adam", "sgd"):
+      raise ValueError(f"unknown optimizer {self.optimizer_name!r}; choose 'adam' or 'sgd'")
     if self.estimator not in masking.ESTIMATORS:
       raise ValueError(f"unknown estimator {self.estimator!r}; choose one of "
                        f"{masking.ESTIMATORS}")
     dp.validate(self.dp_noise_std, self.dp_clip)
 
   def optimizer(self) -> optax.GradientTransformation:
+    if self.optimizer_name == "sgd":
+      return optax.sgd(self.learning_rate)
     return optax.adam(self.learning_rate, b1=self.b1, b2=self.b2)
 
 

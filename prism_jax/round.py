@@ -130,11 +130,13 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
     k_select, k_clients, k_server = jax.random.split(key, 3)
     weights = generator.init_weights(prism.model, state.seed)
     idx, slot_weights = select_clients(k_select, prism.num_clients, prism.per_round, slots)
-    if slots == prism.num_clients:
-      images, counts = data.images, data.counts   # everyone participates: no gather
+    if prism.per_round == slots == prism.num_clients:
+      images, counts = data.images, data.counts   # everyone, in order: no gather
     else:
       images, counts = data.images[idx], data.counts[idx]
-    masks, cm = clients(state.scores, weights, images, counts, jax.random.split(k_clients, slots))
+    # A client's randomness depends on its id, not on its slot or the device count.
+    client_keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(idx)
+    masks, cm = clients(state.scores, weights, images, counts, client_keys)
     scores, theta_hat, lam = server.server_update(k_server, state.scores, masks, slot_weights,
                                                   prism.server)
     w = slot_weights / jnp.sum(slot_weights)
