@@ -6,7 +6,7 @@
 """
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from prism_jax import train
@@ -19,6 +19,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/mnist_cpu", "Where the run write
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
   train.train(_CONFIG.value, _WORKDIR.value)
 
 

@@ -149,4 +149,4 @@ def test_sharded_round_equals_single_device(devices, single_device_round, tmp_pa
                         k.startswith(p + "_1")]
     _assert_scores_match(leaves(single_device_round), leaves(sharded))
     np.testing.assert_allclose(sharded[p + "_loss"], single_device_round[p + "_loss"],
-                               rtol=1e-4)
+                               rtol=1e-3)   # reduction order differs with clients per device
