@@ -13,7 +13,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prism_jax import (checkpoint, client, communication, data, export, features, generator,
@@ -51,8 +50,11 @@ def _write_json(path, obj):
 
 def train(config, workdir: str) -> dict:
   """Runs ``config.rounds`` PRISM rounds; returns the summary also written to workdir."""
-  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    raise FileExistsError(f"workdir {workdir} already holds a run; pass another --workdir "
+                          "(its outputs and checkpoints are left untouched)")
   prism = build(config)
+  os.makedirs(workdir, exist_ok=True)
   model = prism.model
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
   splits, parts, client_data = load_client_data(config)

@@ -55,3 +55,23 @@ def test_nan_loss_stops_with_clear_error(tmp_path, monkeypatch):
   config.loss.name, config.rounds = "nan", 2
   with pytest.raises(FloatingPointError, match="round 1: non-finite"):
     train.train(config, str(tmp_path / "run"))
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text("{}")
+  with pytest.raises(FileExistsError, match="already holds a run"):
+    train.train(_tiny_config(), str(workdir))
+  assert (workdir / "config.json").read_text() == "{}"
+
+
+def test_bad_config_fails_before_training(tmp_path):
+  config = _tiny_config()
+  config.split = "by_writer"
+  with pytest.raises(ValueError, match="unknown split 'by_writer'"):
+    train.train(config, str(tmp_path / "run"))
+  config = _tiny_config()
+  config.local.learning_rate = -1.0
+  with pytest.raises(ValueError, match="learning_rate"):
+    train.train(config, str(tmp_path / "run2"))

@@ -28,7 +28,7 @@ def get_config():
   c.features = "pixels"
   c.loss = ml_collections.ConfigDict({"name": "gaussian_mmd", "kwargs": {}})
   c.local = ml_collections.ConfigDict(dict(
-      local_steps=20, batch_size=64, learning_rate=0.1, b1=0.5, b2=0.999, estimator="prob",
+      local_steps=20, batch_size=64, optimizer_name="adam", learning_rate=0.1, b1=0.5, b2=0.999, estimator="prob",
       dp_noise_std=0.0, dp_clip=0.1))
   # Server.
   c.mada = True
