@@ -53,11 +53,11 @@ def train(config, workdir: str) -> dict:
   if os.path.exists(os.path.join(workdir, "config.json")):
     raise FileExistsError(f"workdir {workdir} already holds a run; pass another --workdir "
                           "(its outputs and checkpoints are left untouched)")
-  prism = build(config)
-  os.makedirs(workdir, exist_ok=True)
+  prism = build(config)                                  # bad config: fail before any
+  splits, parts, client_data = load_client_data(config)  # output is written
   model = prism.model
+  os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  splits, parts, client_data = load_client_data(config)
   hist = partition.label_histogram(splits["train"].labels, parts)
   _write_json(os.path.join(workdir, "partition.json"),
               {"split": config.split, "counts": client_data.counts.tolist(),

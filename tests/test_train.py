@@ -71,6 +71,7 @@ def test_bad_config_fails_before_training(tmp_path):
   config.split = "by_writer"
   with pytest.raises(ValueError, match="unknown split 'by_writer'"):
     train.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
   config = _tiny_config()
   config.local.learning_rate = -1.0
   with pytest.raises(ValueError, match="learning_rate"):
