@@ -8,14 +8,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from prism_jax import masking
+
 
 def privatize(key: jax.Array, theta, noise_std: float, clip: float):
   """Gaussian noise on theta, then clip to ``[clip, 1 - clip]``, leaf-wise."""
-  leaves, treedef = jax.tree.flatten(theta)
-  keys = jax.random.split(key, len(leaves))
-  noisy = [jnp.clip(t + noise_std * jax.random.normal(k, t.shape, t.dtype), clip, 1.0 - clip)
-           for k, t in zip(keys, leaves)]
-  return jax.tree.unflatten(treedef, noisy)
+  return jax.tree.map(
+      lambda k, t: jnp.clip(t + noise_std * jax.random.normal(k, t.shape, t.dtype), clip,
+                            1.0 - clip), masking.leaf_keys(key, theta), theta)
 
 
 def validate(noise_std: float, clip: float) -> None:

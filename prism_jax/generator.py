@@ -152,10 +152,8 @@ def init_weights(model: ResNetGenerator, seed: int):
 
 def init_scores(key: jax.Array, weights, std: float = 1.0):
   """Scores ~ N(0, std^2), one per frozen weight (official default std = 1)."""
-  leaves, treedef = jax.tree.flatten(weights)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(
-      treedef, [std * jax.random.normal(k, w.shape, w.dtype) for k, w in zip(keys, leaves)])
+  return jax.tree.map(lambda k, w: std * jax.random.normal(k, w.shape, w.dtype),
+                      masking.leaf_keys(key, weights), weights)
 
 
 def generate(model: ResNetGenerator, weights, scores, z, key=None, mode="sample",

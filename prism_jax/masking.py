@@ -43,7 +43,8 @@ def bernoulli_with_grad(key: jax.Array, theta: jax.Array,
   return m + surrogate - jax.lax.stop_gradient(surrogate)
 
 
-def _leaf_keys(key: jax.Array, tree):
+def leaf_keys(key: jax.Array, tree):
+  """One independent PRNG key per leaf of ``tree`` (same structure)."""
   leaves, treedef = jax.tree.flatten(tree)
   return jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
 
@@ -60,7 +61,7 @@ def masks(scores, key: jax.Array | None = None, mode: MaskMode = "sample",
     if key is None:
       raise ValueError("mask mode 'sample' needs a PRNG key")
     return jax.tree.map(lambda k, t: bernoulli_with_grad(k, t, estimator),
-                        _leaf_keys(key, theta), theta)
+                        leaf_keys(key, theta), theta)
   if mode == "threshold":
     return jax.tree.map(lambda t: (t > 0.5).astype(t.dtype), theta)
   if mode == "expected":
@@ -70,7 +71,7 @@ def masks(scores, key: jax.Array | None = None, mode: MaskMode = "sample",
 
 def sample_binary(key: jax.Array, theta):
   """Binary masks ``M ~ Bernoulli(theta)`` as bool PyTree: what a client uploads."""
-  return jax.tree.map(lambda k, t: jax.random.bernoulli(k, t), _leaf_keys(key, theta), theta)
+  return jax.tree.map(lambda k, t: jax.random.bernoulli(k, t), leaf_keys(key, theta), theta)
 
 
 def apply_masks(weights, mask_tree):
