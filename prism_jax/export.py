@@ -7,6 +7,7 @@ order) to one ``.npz`` file; :func:`load_model` rebuilds the identical generator
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import jax
@@ -44,8 +45,7 @@ def save_model(path: str, model: generator.ResNetGenerator, seed: int, mask_tree
   with open(path, "wb") as f:
     np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
              bits=pack(mask_tree))
-  with open(path, "rb") as f:
-    return len(f.read())
+  return os.path.getsize(path)
 
 
 def load_model(path: str):

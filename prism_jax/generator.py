@@ -98,6 +98,12 @@ class Project(nn.Module):
     return jnp.einsum("bc,ijco->bijo", z, kernel)
 
 
+def check_image_size(image_size: int) -> None:
+  """The generator doubles a 4x4 map per block: sizes are powers of two >= 8."""
+  if image_size < 8 or image_size & (image_size - 1):
+    raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+
+
 class UpBlock(nn.Module):
   """BN -> ReLU -> up x2 -> Conv3x3 -> BN -> ReLU -> Conv3x3, plus (1x1 conv ->) up x2 skip."""
   features: int
@@ -127,8 +133,7 @@ class ResNetGenerator(nn.Module):
     return int(math.log2(self.image_size)) - 2
 
   def __post_init__(self):
-    if self.image_size < 8 or self.image_size & (self.image_size - 1):
-      raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+    check_image_size(self.image_size)
     if self.channels not in (1, 3):
       raise ValueError(f"channels must be 1 or 3, got {self.channels}")
     super().__post_init__()

@@ -82,3 +82,8 @@ def apply_masks(weights, mask_tree):
 def num_weights(tree) -> int:
   """Number of masked weights (scalars) in a PyTree."""
   return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def mean_over_weights(tree) -> jax.Array:
+  """Mean of all scalars of a PyTree (bools count as 0 / 1), weighting every weight equally."""
+  return sum(jnp.sum(x, dtype=jnp.float32) for x in jax.tree.leaves(tree)) / num_weights(tree)

@@ -77,7 +77,6 @@ def init_state(model: generator.ResNetGenerator, seed: int, key: jax.Array,
                score_std: float = 1.0) -> ServerState:
   """Round-0 state: scores ~ N(0, score_std^2) over the weights generated from ``seed``."""
   weights = jax.eval_shape(lambda: generator.init_weights(model, seed))
-  weights = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), weights)
   return ServerState(jnp.asarray(seed, jnp.int32), generator.init_scores(key, weights, score_std),
                      jnp.zeros((), jnp.int32))
 
@@ -110,8 +109,8 @@ def _mean_entropy_bits(theta) -> jax.Array:
   """Mean binary entropy of theta, bits per weight: the size of an ideally coded mask."""
   def h(t):
     t = jnp.clip(t, 1e-7, 1 - 1e-7)
-    return jnp.sum(-(t * jnp.log2(t) + (1 - t) * jnp.log2(1 - t)))
-  return sum(h(t) for t in jax.tree.leaves(theta)) / masking.num_weights(theta)
+    return -(t * jnp.log2(t) + (1 - t) * jnp.log2(1 - t))
+  return masking.mean_over_weights(jax.tree.map(h, theta))
 
 
 def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
@@ -142,8 +141,7 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
     w = slot_weights / jnp.sum(slot_weights)
     metrics = {name: jnp.dot(w, v) for name, v in cm.items()}
     metrics.update(mada_lambda=lam,
-                   density=sum(jnp.sum(t) for t in jax.tree.leaves(theta_hat))
-                   / masking.num_weights(theta_hat),
+                   density=masking.mean_over_weights(theta_hat),
                    mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
     return ServerState(state.seed, scores, state.round + 1), metrics
 

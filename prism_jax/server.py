@@ -50,8 +50,7 @@ def scores_from_probs(theta):
 
 def hamming(mask_a, mask_b) -> jax.Array:
   """Fraction of differing bits between two mask PyTrees (over all weights)."""
-  diff = sum(jnp.sum(a != b) for a, b in zip(jax.tree.leaves(mask_a), jax.tree.leaves(mask_b)))
-  return diff / masking.num_weights(mask_a)
+  return masking.mean_over_weights(jax.tree.map(jnp.not_equal, mask_a, mask_b))
 
 
 def mada(key: jax.Array, prev_scores, new_scores):

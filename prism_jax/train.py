@@ -77,8 +77,8 @@ def train(config, workdir: str) -> dict:
         f"round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
 
   z = jax.random.normal(k_eval, (config.num_samples, model.nz))
-  sample = jax.jit(lambda s, k: generator.generate(
-      model, generator.init_weights(model, config.seed), s, z, k, "sample"))
+  weights = generator.init_weights(model, config.seed)
+  sample = jax.jit(lambda w, s, k: generator.generate(model, w, s, z, k, "sample"))
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   open(metrics_path, "w").close()
@@ -102,14 +102,13 @@ def train(config, workdir: str) -> dict:
           f"H(mask) {m['mask_entropy_bits']:.3f} bit/w  {m['seconds']:.1f}s", flush=True)
     last = r + 1 == config.rounds
     if config.sample_every and ((r + 1) % config.sample_every == 0 or last):
-      visualize.save_grid(np.asarray(sample(state.scores, jax.random.key(r))),
+      visualize.save_grid(np.asarray(sample(weights, state.scores, jax.random.key(r))),
                           os.path.join(workdir, f"samples_r{r + 1:04d}.png"))
     if config.checkpoint_every and ((r + 1) % config.checkpoint_every == 0 or last):
       checkpoint.save(ckpt, r + 1, state)
 
   final = export.final_mask(k_final, state.scores)
   model_bytes = export.save_model(os.path.join(workdir, "model.npz"), model, config.seed, final)
-  weights = generator.init_weights(model, config.seed)
   visualize.save_grid(np.asarray(generator.apply_binary(model, weights, final, z)),
                       os.path.join(workdir, "samples.png"))
   summary = {"rounds": config.rounds, "num_weights": n,
