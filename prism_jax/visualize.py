@@ -25,3 +25,29 @@ def save_grid(images: np.ndarray, path: str, nrow: int | None = None, scale: int
   g = grid(images, nrow)
   img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
   img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+
+
+def save_label_distribution(hist: np.ndarray, path: str, title: str = "") -> None:
+  """Stacked bars of each client's label counts (``hist``: ``[K, num_classes]``) as PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  hist = np.asarray(hist)
+  k, c = hist.shape
+  fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * k + 2), 3.2), dpi=100)
+  bottom = np.zeros(k)
+  colors = plt.get_cmap("tab10" if c <= 10 else "tab20")
+  for label in range(c):
+    ax.bar(np.arange(k), hist[:, label], bottom=bottom, color=colors(label % 20),
+           label=str(label), width=0.8)
+    bottom += hist[:, label]
+  ax.set_xlabel("client")
+  ax.set_ylabel("samples")
+  ax.set_xticks(np.arange(k))
+  ax.set_title(title, fontsize=9)
+  ax.legend(title="label", fontsize=7, title_fontsize=7, bbox_to_anchor=(1.01, 1),
+            loc="upper left", frameon=False)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

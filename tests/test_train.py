@@ -49,6 +49,28 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
   assert model.image_size == 16 and seed == 0
 
 
+@pytest.mark.parametrize("split", ["shards", "dirichlet"])
+def test_non_iid_split_runs_and_writes_partition(tmp_path, split):
+  config = _tiny_config()
+  config.split, config.rounds, config.sample_every, config.checkpoint_every = split, 1, 0, 0
+  config.alpha, config.min_client_size = 0.05, 10
+  train.train(config, str(tmp_path))
+  with open(tmp_path / "partition.json") as f:
+    part = json.load(f)
+  hist = np.array(part["label_histogram"])
+  assert hist.shape == (3, 10) and hist.sum() == 50_000 and min(part["counts"]) >= 10
+  if split == "shards":
+    assert max(part["labels_per_client"]) <= config.divide
+  assert Image.open(tmp_path / "partition.png").size[0] > 100
+
+
+def test_channels_must_match_dataset(tmp_path):
+  config = _tiny_config()
+  config.channels = 3
+  with pytest.raises(ValueError, match="has 1 channel"):
+    train.train(config, str(tmp_path / "run"))
+
+
 def test_nan_loss_stops_with_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(losses.LOSSES, "nan", lambda r, f: jnp.nan * jnp.sum(f))
   config = _tiny_config()

@@ -12,16 +12,19 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   # Data and clients.
-  c.dataset = "mnist_offline"
+  c.dataset = "mnist_offline"              # or mnist | fashion_mnist | cifar10 | celeb_a (tfds)
+  c.data_dir = ml_collections.config_dict.placeholder(str)   # tfds data_dir (None: default)
+  c.download = False                         # let tfds download + prepare on first use
   c.image_size = 32
-  c.channels = 1
+  c.channels = ml_collections.config_dict.placeholder(int)   # None: the dataset's
   c.num_clients = 10
   c.clients_per_round = ml_collections.config_dict.placeholder(int)  # None: all clients
   c.clients_per_round = 4
   c.split = "iid"                            # iid | shards | dirichlet
   c.divide = 4                               # shards per client
   c.alpha = 0.005                            # Dirichlet concentration
-  c.min_client_size = 1
+  c.min_client_size = 1                     # Dirichlet redraws until every client has this
+  c.unbalance = 0.0                          # iid: log-normal sigma of client sizes (0: equal)
   c.partition_seed = 0
   # Generator: frozen weights from `seed`, scores ~ N(0, score_std^2).
   c.nz = 128
