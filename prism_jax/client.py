@@ -12,7 +12,7 @@ data, so the round ``vmap``s it over the client axis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import chex
 import flax
@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prism_jax import dp, generator, masking
+from prism_jax import dp, generator, losses, masking
+from prism_jax import features as feats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,23 +61,54 @@ class LocalConfig:
 class ClientState:
   scores: Any
   opt_state: Any
+  loss_state: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """What a client minimises: ``loss(features(real), features(G(W * mask(s), z)))``."""
+  """What a client minimises: ``loss(psi(real), psi(G(W * mask(s), z)))`` (paper Eq. for
+  the local objective). ``features`` is an :class:`~prism_jax.features.Extractor` (or a
+  plain ``images -> feats`` function); ``loss`` a :class:`~prism_jax.losses.FeatureLoss`
+  (or a plain ``loss(real_feats, fake_feats)``)."""
   model: generator.ResNetGenerator
-  features: Callable[[jax.Array], jax.Array]
-  loss: Callable[[jax.Array, jax.Array], jax.Array]
+  features: Any
+  loss: Any
   estimator: masking.Estimator = "prob"
 
-  def __call__(self, scores, weights, real: jax.Array, key: jax.Array) -> jax.Array:
+  def __post_init__(self):
+    if not isinstance(self.features, feats.Extractor):
+      fn = self.features
+      object.__setattr__(self, "features", feats.Extractor(
+          getattr(fn, "__name__", "custom"), lambda params, x: fn(x)))
+    object.__setattr__(self, "loss", losses.as_feature_loss(self.loss))
+
+  @property
+  def uses_stats(self) -> bool:
+    """Whether the loss compares against precomputed real statistics, not real batches."""
+    return self.loss.real == "stats"
+
+  def feature_dim(self) -> int:
+    m = self.model
+    return self.features.dim((m.image_size, m.image_size, m.channels))
+
+  def init_loss_state(self):
+    return self.loss.init(self.feature_dim())
+
+  def __call__(self, scores, weights, real, key: jax.Array, feature_params=None,
+               loss_state=(), batch_size: int | None = None):
+    """Returns ``(loss, new_loss_state)``; ``real`` is an image batch, or ``(mean, var)``
+    of real features when ``uses_stats`` (then ``batch_size`` fakes are drawn)."""
+    feature_params = self.features.params if feature_params is None else feature_params
     k_z, k_mask = jax.random.split(key)
-    z = jax.random.normal(k_z, (real.shape[0], self.model.nz), real.dtype)
+    n = batch_size if self.uses_stats else real.shape[0]
+    z = jax.random.normal(k_z, (n, self.model.nz), jnp.float32)
     fake = generator.generate(self.model, weights, scores, z, k_mask, "sample",
                               self.estimator)
-    chex.assert_equal_shape([real, fake])
-    return self.loss(self.features(real), self.features(fake))
+    fake_feats = self.features.apply(feature_params, fake)
+    if not self.uses_stats:
+      chex.assert_equal_shape([real, fake])
+      real = self.features.apply(feature_params, real)
+    return self.loss.apply(real, fake_feats, loss_state)
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -92,42 +124,53 @@ def sample_batch(key: jax.Array, images: jax.Array, count: jax.Array, batch_size
   return to_float(images[idx])
 
 
-def client_init(server_scores, cfg: LocalConfig) -> ClientState:
-  return ClientState(server_scores, cfg.optimizer().init(server_scores))
+def client_init(server_scores, cfg: LocalConfig, loss_state=()) -> ClientState:
+  return ClientState(server_scores, cfg.optimizer().init(server_scores), loss_state)
 
 
 def client_step(state: ClientState, weights, images, count, key, *, objective: Objective,
-                cfg: LocalConfig):
+                cfg: LocalConfig, feature_params=None, real_stats=None):
   """One local iteration; returns the new state and the loss before the step."""
   k_batch, k_loss = jax.random.split(key)
-  real = sample_batch(k_batch, images, count, cfg.batch_size)
-  loss, grads = jax.value_and_grad(objective)(state.scores, weights, real, k_loss)
+  real = real_stats if objective.uses_stats else sample_batch(k_batch, images, count,
+                                                              cfg.batch_size)
+  (loss, loss_state), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.scores, weights, real, k_loss, feature_params, state.loss_state, cfg.batch_size)
   updates, opt_state = cfg.optimizer().update(grads, state.opt_state, state.scores)
-  return ClientState(optax.apply_updates(state.scores, updates), opt_state), loss
+  return ClientState(optax.apply_updates(state.scores, updates), opt_state, loss_state), loss
 
 
-def client_final(state: ClientState, key: jax.Array, cfg: LocalConfig):
-  """The upload: ``M_k ~ Bernoulli(theta_k)`` as a bool PyTree (DP noise first if set)."""
+def client_final(state: ClientState, key: jax.Array, cfg: LocalConfig, send_probs=None):
+  """The upload: ``M_k ~ Bernoulli(theta_k)`` as a bool PyTree (DP noise on theta first).
+
+  PRISM-alpha (Algorithm 2): leaves where ``send_probs`` (a PyTree of Python bools) is True
+  upload the (privatized) float32 probabilities ``theta_k`` instead of a sampled mask.
+  """
   k_dp, k_mask = jax.random.split(key)
   theta = masking.keep_prob(state.scores)
   if cfg.dp_noise_std > 0:
     theta = dp.privatize(k_dp, theta, cfg.dp_noise_std, cfg.dp_clip)
-  return masking.sample_binary(k_mask, theta)
+  mask = masking.sample_binary(k_mask, theta)
+  if send_probs is None:
+    return mask
+  return jax.tree.map(lambda p, t, m: t if p else m, send_probs, theta, mask)
 
 
 def client_update(server_scores, weights, images, count, key, *, objective: Objective,
-                  cfg: LocalConfig):
+                  cfg: LocalConfig, feature_params=None, real_stats=None, loss_state=(),
+                  send_probs=None):
   """Local training of one client (``lax.scan`` over ``cfg.local_steps``).
 
-  Returns ``(mask, metrics)``: the bool mask to upload and the client's local losses.
+  Returns ``(upload, loss_state, metrics)``: the mask (or PRISM-alpha mix) to upload, the
+  client's persistent loss state (GFMN moving averages) and its local losses.
   """
   k_steps, k_final = jax.random.split(key)
 
   def body(state, k):
-    return client_step(state, weights, images, count, k, objective=objective, cfg=cfg)
+    return client_step(state, weights, images, count, k, objective=objective, cfg=cfg,
+                       feature_params=feature_params, real_stats=real_stats)
 
-  state, losses = jax.lax.scan(body, client_init(server_scores, cfg),
-                               jax.random.split(k_steps, cfg.local_steps),
-                               unroll=cfg.unroll)
-  metrics = {"loss": jnp.mean(losses), "loss_first": losses[0], "loss_last": losses[-1]}
-  return client_final(state, k_final, cfg), metrics
+  state, losses_ = jax.lax.scan(body, client_init(server_scores, cfg, loss_state),
+                                jax.random.split(k_steps, cfg.local_steps), unroll=cfg.unroll)
+  metrics = {"loss": jnp.mean(losses_), "loss_first": losses_[0], "loss_last": losses_[-1]}
+  return client_final(state, k_final, cfg, send_probs), state.loss_state, metrics

@@ -1,6 +1,6 @@
 """Communication and storage accounting (paper Sec. 4, "Communication cost").
 
-Upstream a client sends one bit per masked weight; downstream the server broadcasts the
+Upstream a client sends one bit per masked weight (32 for PRISM-alpha's probability layers); downstream the server broadcasts the
 global probabilities as float32 (32 bits per weight). The final model is the seed plus one
 bit per weight.
 """
@@ -10,9 +10,12 @@ FLOAT_BITS = 32
 SEED_BYTES = 4
 
 
-def round_bits(num_weights: int, clients_per_round: int) -> dict[str, int]:
-  """Bits moved in one round, per client and in total."""
-  up, down = num_weights, FLOAT_BITS * num_weights
+def round_bits(num_weights: int, clients_per_round: int,
+               num_prob_weights: int = 0) -> dict[str, int]:
+  """Bits moved in one round, per client and in total; PRISM-alpha's ``num_prob_weights``
+  (the last layers, which upload float32 probabilities) cost 32 bits each."""
+  up = (num_weights - num_prob_weights) + FLOAT_BITS * num_prob_weights
+  down = FLOAT_BITS * num_weights
   return {"bits_up_per_client": up, "bits_down_per_client": down,
           "bits_up": up * clients_per_round, "bits_down": down * clients_per_round}
 

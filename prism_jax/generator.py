@@ -155,6 +155,30 @@ def init_weights(model: ResNetGenerator, seed: int):
   return model.init(jax.random.key(seed), z)["params"]
 
 
+def layer_order(weights) -> list[tuple[str, ...]]:
+  """Paths of the masked layers' kernels in forward order: input, each block's conv1,
+  conv2, shortcut, then output (the order PRISM-alpha's "last layers" refers to)."""
+  def rank(path):
+    if path[0] == "input":
+      return (0,)
+    if path[0] == "output":
+      return (2,)
+    return (1, int(path[0][len("block"):]), ("conv1", "conv2", "shortcut").index(path[1]))
+  paths = [tuple(k.key for k in p) for p, _ in jax.tree_util.tree_leaves_with_path(weights)]
+  return sorted(paths, key=rank)
+
+
+def prob_layers(weights, alpha: float):
+  """PRISM-alpha (Algorithm 2): a PyTree of Python bools, True for the last
+  ``int(alpha * num_layers)`` layers in forward order, which upload probabilities."""
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+  order = layer_order(weights)
+  chosen = set(order[len(order) - int(alpha * len(order)):]) if alpha > 0 else set()
+  return jax.tree_util.tree_map_with_path(lambda p, _: tuple(k.key for k in p) in chosen,
+                                          weights)
+
+
 def init_scores(key: jax.Array, weights, std: float = 1.0):
   """Scores ~ N(0, std^2), one per frozen weight (official default std = 1)."""
   return jax.tree.map(lambda k, w: std * jax.random.normal(k, w.shape, w.dtype),

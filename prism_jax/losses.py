@@ -1,19 +1,83 @@
 """Local objectives: distances between real and generated feature batches.
 
-Every loss is a pure function ``loss(real_feats, fake_feats) -> scalar`` on ``[batch, dim]``
-features (the output of a :mod:`prism_jax.features` extractor), so losses and extractors
-compose freely and are ``vmap``-able over clients.
+A plain loss is a pure function ``loss(real_feats, fake_feats) -> scalar`` on ``[batch, dim]``
+features (the output of a :mod:`prism_jax.features` extractor). Clients use losses through
+:class:`FeatureLoss`, an optax-style ``(init, apply)`` pair that may carry state across local
+steps and rounds (the GFMN moving averages) and says what it compares fakes against:
+a real feature batch (``real="batch"``) or the client's precomputed real feature
+``(mean, var)`` (``real="stats"``).
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class FeatureLoss(NamedTuple):
+  """``init(dim) -> state``; ``apply(real, fake_feats, state) -> (loss, state)``."""
+  init: Callable[[int], Any]
+  apply: Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
+  real: str = "batch"          # "batch": real feature batch; "stats": (mean, var) per client
+
+
+def stateless(loss: Loss) -> FeatureLoss:
+  """A plain ``loss(real_feats, fake_feats)`` as a :class:`FeatureLoss` without state."""
+  return FeatureLoss(lambda dim: (), lambda real, fake, state: (loss(real, fake), state))
+
+
+def feature_stats(feats: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-feature mean and unbiased variance over the batch (GFMN / official code)."""
+  return jnp.mean(feats, 0), jnp.var(feats, 0, ddof=1)
+
+
+class MovingAverageState(NamedTuple):
+  v_mean: jax.Array           # [dim] moving average of mu_real - mu_fake
+  v_var: jax.Array            # [dim] moving average of var_real - var_fake
+  opt_mean: Any
+  opt_var: Any
+
+
+def gfmn_moment_matching(learning_rate: float = 1e-5, b1: float = 0.5,
+                         b2: float = 0.999) -> FeatureLoss:
+  """Mean + variance matching with ADAM moving averages (GFMN, Mroueh et al. 2019; PRISM's
+  loss, paper Sec. 3 "MMD loss", official code defaults).
+
+  Two linear "nets" ``v_mean, v_var`` track the feature-statistic gaps by one Adam step per
+  local iteration on ``||v - (mu_real - mu_fake)||^2 / dim`` (and likewise for the
+  variances), with the gaps held constant. The generator loss is the projection
+  ``<v_mean, mu_real - mu_fake> + <v_var, var_real - var_fake>`` with ``v`` held constant,
+  so its gradient follows the smoothed gap rather than one noisy minibatch estimate. The
+  real statistics are precomputed over the client's whole local dataset.
+  """
+  opt = optax.adam(learning_rate, b1=b1, b2=b2)
+
+  def init(dim: int) -> MovingAverageState:
+    v = jnp.zeros((dim,), jnp.float32)
+    return MovingAverageState(v, v, opt.init(v), opt.init(v))
+
+  def track(v, opt_state, gap):
+    grad = jax.grad(lambda v: jnp.mean(jnp.square(v - gap)))(v)
+    updates, opt_state = opt.update(grad, opt_state, v)
+    return optax.apply_updates(v, updates), opt_state
+
+  def apply(real_stats, fake_feats, state: MovingAverageState):
+    chex.assert_rank(fake_feats, 2)
+    mu_r, var_r = real_stats
+    mu_f, var_f = feature_stats(fake_feats)
+    v_mean, opt_mean = track(state.v_mean, state.opt_mean, jax.lax.stop_gradient(mu_r - mu_f))
+    v_var, opt_var = track(state.v_var, state.opt_var, jax.lax.stop_gradient(var_r - var_f))
+    loss = (jnp.dot(jax.lax.stop_gradient(v_mean), mu_r - mu_f)
+            + jnp.dot(jax.lax.stop_gradient(v_var), var_r - var_f))
+    return loss, MovingAverageState(v_mean, v_var, opt_mean, opt_var)
+
+  return FeatureLoss(init, apply, real="stats")
 
 
 def moment_matching(real_feats: jax.Array, fake_feats: jax.Array) -> jax.Array:
@@ -55,10 +119,18 @@ def gaussian_mmd(real_feats: jax.Array, fake_feats: jax.Array,
 
 
 LOSSES = {"moment_matching": moment_matching, "gaussian_mmd": gaussian_mmd}
+STATEFUL = {"gfmn": gfmn_moment_matching}
 
 
-def get_loss(name: str, **kwargs) -> Loss:
-  """Loss by name, with keyword arguments bound (e.g. ``bandwidths`` for ``gaussian_mmd``)."""
+def as_feature_loss(loss: Loss | FeatureLoss) -> FeatureLoss:
+  return loss if isinstance(loss, FeatureLoss) else stateless(loss)
+
+
+def get_loss(name: str, **kwargs) -> FeatureLoss:
+  """Loss by name with keyword arguments bound (e.g. ``bandwidths`` for ``gaussian_mmd``,
+  ``learning_rate`` for ``gfmn``)."""
+  if name in STATEFUL:
+    return STATEFUL[name](**kwargs)
   if name not in LOSSES:
-    raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-  return functools.partial(LOSSES[name], **kwargs)
+    raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES | STATEFUL)}")
+  return stateless(functools.partial(LOSSES[name], **kwargs))

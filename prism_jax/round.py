@@ -31,17 +31,22 @@ AXIS = "clients"
 
 @flax.struct.dataclass
 class ServerState:
-  """Global state: the frozen network's seed, the global scores and the round counter."""
+  """The simulation's state: the frozen network's seed, the global scores, the round
+  counter and each client's persistent local loss state (leading axis K; ``()`` when the
+  loss has none; in a deployment it would stay on the clients)."""
   seed: jax.Array    # int32 []; weights = generator.init_weights(model, seed)
   scores: Any        # PyTree like the generator's params
   round: jax.Array   # int32 []
+  local_states: Any = ()
 
 
 @flax.struct.dataclass
 class ClientData:
-  """All clients' data, padded: ``images [K, N_max, H, W, C]`` and ``counts [K]``."""
+  """All clients' data, padded: ``images [K, N_max, H, W, C]`` and ``counts [K]``, plus
+  each client's precomputed real-feature ``(mean, var)`` ``[K, D]`` for stats losses."""
   images: jax.Array
   counts: jax.Array
+  real_stats: Any = ()
 
   @property
   def num_clients(self) -> int:
@@ -56,8 +61,11 @@ class Prism:
   server: server.ServerConfig = server.ServerConfig()
   num_clients: int = 10
   clients_per_round: int | None = None   # None: all clients every round
+  alpha: float = 0.0                     # PRISM-alpha: last fraction of layers send theta
 
   def __post_init__(self):
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
     if self.num_clients < 1:
       raise ValueError(f"num_clients must be >= 1, got {self.num_clients}")
     if not 1 <= self.per_round <= self.num_clients:
@@ -73,12 +81,22 @@ class Prism:
     return self.objective.model
 
 
+  def send_probs(self, weights):
+    """PRISM-alpha's per-layer choice (bools), or None when every layer sends bits."""
+    return generator.prob_layers(weights, self.alpha) if self.alpha > 0 else None
+
+
 def init_state(model: generator.ResNetGenerator, seed: int, key: jax.Array,
-               score_std: float = 1.0) -> ServerState:
-  """Round-0 state: scores ~ N(0, score_std^2) over the weights generated from ``seed``."""
+               score_std: float = 1.0, prism: Prism | None = None) -> ServerState:
+  """Round-0 state: scores ~ N(0, score_std^2) over the weights generated from ``seed``;
+  with ``prism``, also every client's initial loss state (e.g. GFMN moving averages)."""
   weights = jax.eval_shape(lambda: generator.init_weights(model, seed))
+  local = ()
+  if prism is not None:
+    one = prism.objective.init_loss_state()
+    local = jax.tree.map(lambda x: jnp.broadcast_to(x, (prism.num_clients, *x.shape)), one)
   return ServerState(jnp.asarray(seed, jnp.int32), generator.init_scores(key, weights, score_std),
-                     jnp.zeros((), jnp.int32))
+                     jnp.zeros((), jnp.int32), local)
 
 
 def client_mesh(devices=None) -> Mesh:
@@ -117,42 +135,59 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
   """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``."""
   mesh = client_mesh() if mesh is None else mesh
   slots = math.ceil(prism.per_round / mesh.size) * mesh.size
-  update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local)
-  clients = jax.shard_map(jax.vmap(update, in_axes=(None, None, 0, 0, 0)), mesh=mesh,
-                          in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),
-                          out_specs=(P(AXIS), P(AXIS)))
+  weights_shape = jax.eval_shape(lambda: generator.init_weights(prism.model, 0))
+  update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
+                             send_probs=prism.send_probs(weights_shape))
 
-  def round_step(state: ServerState, data: ClientData, key: jax.Array):
+  def one_client(scores, weights, feature_params, images, count, real_stats, loss_state, key):
+    return update(scores, weights, images, count, key, feature_params=feature_params,
+                  real_stats=real_stats, loss_state=loss_state)
+
+  clients = jax.shard_map(jax.vmap(one_client, in_axes=(None, None, None, 0, 0, 0, 0, 0)),
+                          mesh=mesh, in_specs=(P(), P(), P()) + (P(AXIS),) * 5,
+                          out_specs=(P(AXIS), P(AXIS), P(AXIS)))
+
+  def round_step(state: ServerState, data: ClientData, key: jax.Array, feature_params):
     if data.num_clients != prism.num_clients:
       raise ValueError(f"client_data holds {data.num_clients} clients, the algorithm was "
                        f"built for {prism.num_clients}")
+    if prism.objective.uses_stats and not jax.tree.leaves(data.real_stats):
+      raise ValueError("the loss compares against real feature statistics: build ClientData "
+                       "with real_stats (features.client_stats)")
     k_select, k_clients, k_server = jax.random.split(key, 3)
     weights = generator.init_weights(prism.model, state.seed)
     idx, slot_weights = select_clients(k_select, prism.num_clients, prism.per_round, slots)
-    if prism.per_round == slots == prism.num_clients:
-      images, counts = data.images, data.counts   # everyone, in order: no gather
-    else:
-      images, counts = data.images[idx], data.counts[idx]
+    everyone = prism.per_round == slots == prism.num_clients
+    per_client = (data.images, data.counts, data.real_stats, state.local_states)
+    if not everyone:   # gather this round's clients (no gather when all take part in order)
+      per_client = jax.tree.map(lambda x: x[idx], per_client)
     # A client's randomness depends on its id, not on its slot or the device count.
     client_keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(idx)
-    masks, cm = clients(state.scores, weights, images, counts, client_keys)
-    scores, theta_hat, lam = server.server_update(k_server, state.scores, masks, slot_weights,
+    uploads, local_states, cm = clients(state.scores, weights, feature_params, *per_client,
+                                        client_keys)
+    if not everyone:   # write back the participants' local state; padding slots are dropped
+      target = jnp.where(slot_weights > 0, idx, prism.num_clients)
+      local_states = jax.tree.map(lambda all_, new: all_.at[target].set(new, mode="drop"),
+                                  state.local_states, local_states)
+    scores, theta_hat, lam = server.server_update(k_server, state.scores, uploads, slot_weights,
                                                   prism.server)
     w = slot_weights / jnp.sum(slot_weights)
     metrics = {name: jnp.dot(w, v) for name, v in cm.items()}
     metrics.update(mada_lambda=lam,
                    density=masking.mean_over_weights(theta_hat),
                    mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
-    return ServerState(state.seed, scores, state.round + 1), metrics
+    return ServerState(state.seed, scores, state.round + 1, local_states), metrics
 
   jitted = jax.jit(round_step)
   replicated = NamedSharding(mesh, P())
+  feature_params = jax.device_put(prism.objective.features.params, replicated)
 
   @functools.wraps(round_step)
   def step(state: ServerState, data: ClientData, key: jax.Array):
     # The output state is replicated over the mesh; placing the input state the same way
-    # keeps round 0 and round 1 on one compiled executable.
-    return jitted(jax.device_put(state, replicated), data, key)
+    # keeps round 0 and round 1 on one compiled executable. The extractor's frozen weights
+    # are an argument, not a constant baked into the executable.
+    return jitted(jax.device_put(state, replicated), data, key, feature_params)
 
   step.jitted = jitted
   return step

@@ -33,14 +33,22 @@ def smooth(mask: jax.Array, eps: float) -> jax.Array:
   return jnp.where(mask, 1.0 - eps, eps).astype(jnp.float32)
 
 
-def aggregate(masks, client_weights: jax.Array, eps: float = 0.01):
-  """Global keep-probabilities from uploaded masks with leading client axis ``[K, ...]``.
+def aggregate(uploads, client_weights: jax.Array, eps: float = 0.01):
+  """Global keep-probabilities from uploads with leading client axis ``[K, ...]``.
 
-  ``client_weights [K]`` is 1 for a participating client and 0 for an empty slot (or any
-  non-negative aggregation weight).
+  A bool leaf is a sampled mask (smoothed, then averaged); a float leaf holds PRISM-alpha
+  probabilities (Algorithm 2: averaged, then clipped to ``[eps, 1 - eps]`` like the masks so
+  that ``logit`` stays finite). ``client_weights [K]`` is 1 for a participating client and
+  0 for an empty slot (or any non-negative aggregation weight).
   """
   w = client_weights / jnp.sum(client_weights)
-  return jax.tree.map(lambda m: jnp.tensordot(w, smooth(m, eps), axes=1), masks)
+
+  def leaf(u):
+    if u.dtype == jnp.bool_:
+      return jnp.tensordot(w, smooth(u, eps), axes=1)
+    return jnp.clip(jnp.tensordot(w, u.astype(jnp.float32), axes=1), eps, 1.0 - eps)
+
+  return jax.tree.map(leaf, uploads)
 
 
 def scores_from_probs(theta):

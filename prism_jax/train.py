@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,8 +16,9 @@ import time
 import jax
 import numpy as np
 
-from prism_jax import (checkpoint, client, communication, data, export, features, generator,
-                       losses, masking, partition, server, visualize)
+from prism_jax import (checkpoint, client, communication, data, dp, evaluation, export,
+                       features, generator, losses, masking, partition, runlog, server,
+                       visualize)
 from prism_jax import round as rnd
 
 
@@ -29,18 +31,59 @@ def image_channels(config) -> int:
   return channels
 
 
+def dp_noise_std(config, num_weights: int) -> float:
+  """The configured noise std, or the one calibrated to ``config.dp.epsilon`` over
+  ``config.rounds`` rounds (:func:`prism_jax.dp.calibrate_noise`)."""
+  cfg = config.get("dp") or {}
+  delta, eps = cfg.get("delta", 1e-5), cfg.get("epsilon")
+  dp.validate_target(eps if eps is not None else 1.0, delta)
+  if eps is None:
+    return config.local.dp_noise_std
+  if config.local.dp_noise_std:
+    raise ValueError("set either config.dp.epsilon (noise calibrated) or "
+                     "config.local.dp_noise_std, not both")
+  return dp.calibrate_noise(eps, delta, config.rounds, num_weights, cfg.get("sensitivity"),
+                            cfg.get("accountant", "rdp"))
+
+
 def build(config):
-  """The algorithm and model a config describes (validates it before any data is loaded)."""
+  """The algorithm a config describes, validated before any data is loaded or written."""
   model = generator.ResNetGenerator(config.image_size, image_channels(config), config.nz,
                                     config.ngf)
+  fkw = dict(config.get("features_kwargs") or {})
+  if config.features == "vgg19":
+    fkw.setdefault("image_size", config.image_size)
+  extractor = features.get_extractor(config.features, **fkw)
   loss_kwargs = dict(config.loss.get("kwargs", {}))
-  objective = client.Objective(model, features.get_extractor(config.features),
+  objective = client.Objective(model, extractor,
                                losses.get_loss(config.loss.name, **loss_kwargs),
                                config.local.estimator)
-  local = client.LocalConfig(**config.local)
-  prism = rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
-                    config.num_clients, config.get("clients_per_round"))
-  return prism
+  n = masking.num_weights(jax.eval_shape(lambda: generator.init_weights(model, 0)))
+  local = client.LocalConfig(**{**config.local, "dp_noise_std": dp_noise_std(config, n)})
+  return rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
+                   config.num_clients, config.get("clients_per_round"),
+                   config.get("prism_alpha", 0.0))
+
+
+def cache_dir(config) -> str:
+  return os.path.expanduser(config.get("cache_dir") or os.environ.get(
+      "PRISM_JAX_CACHE", "~/.cache/prism_jax"))
+
+
+def with_real_stats(prism, config, client_data, parts):
+  """Adds each client's real-feature (mean, var) when the loss needs them (cached)."""
+  if not prism.objective.uses_stats:
+    return client_data
+  h = hashlib.sha1(np.concatenate(parts).astype(np.int64).tobytes())
+  h.update(np.array([len(p) for p in parts]).tobytes())
+  key = f"{config.dataset}-{config.image_size}-{h.hexdigest()[:12]}"
+  t0 = time.perf_counter()
+  mean, var = features.cached_client_stats(prism.objective.features,
+                                           np.asarray(client_data.images),
+                                           np.asarray(client_data.counts), cache_dir(config), key)
+  print(f"real feature statistics: {mean.shape[0]} clients x {mean.shape[1]:,} features "
+        f"({time.perf_counter() - t0:.1f}s)")
+  return rnd.ClientData(client_data.images, client_data.counts, (mean, var))
 
 
 def load_client_data(config):
@@ -70,74 +113,173 @@ def write_partition(config, labels, parts, workdir: str) -> dict:
 
 
 def _write_json(path, obj):
-  with open(path, "w") as f:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
 
 
-def train(config, workdir: str) -> dict:
-  """Runs ``config.rounds`` PRISM rounds; returns the summary also written to workdir."""
-  if os.path.exists(os.path.join(workdir, "config.json")):
-    raise FileExistsError(f"workdir {workdir} already holds a run; pass another --workdir "
-                          "(its outputs and checkpoints are left untouched)")
+# Config fields a resumed run may change (they do not change the computation).
+RESUMABLE = ("rounds", "sample_every", "checkpoint_every", "keep_checkpoints", "eval",
+             "cache_dir", "data_dir", "download")
+
+
+def _check_resume(config, workdir: str) -> None:
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  now = json.loads(json.dumps(config.to_dict()))
+  diff = sorted(k for k in set(saved) | set(now)
+                if k not in RESUMABLE and saved.get(k) != now.get(k))
+  if diff:
+    raise ValueError(f"cannot resume {workdir}: its config differs in {diff}; resume with "
+                     "the saved config.json or start a new --workdir")
+
+
+def layer_density(scores) -> dict[str, float]:
+  """Mean keep-probability per masked layer (TensorBoard ``mask/<layer>``)."""
+  out = {}
+  for path, s in jax.tree_util.tree_leaves_with_path(scores):
+    name = "/".join(k.key for k in path[:-1])
+    out[name] = float(np.mean(jax.nn.sigmoid(np.asarray(s, np.float32))))
+  return out
+
+
+def train(config, workdir: str, resume: bool = False) -> dict:
+  """Runs rounds up to ``config.rounds``; returns the summary also written to workdir.
+
+  With ``resume``, continues the run in ``workdir`` from its latest checkpoint and gives
+  bit-identical scores to an uninterrupted run (randomness is a function of the round).
+  """
+  exists = os.path.exists(os.path.join(workdir, "config.json"))
+  if exists and not resume:
+    raise FileExistsError(f"workdir {workdir} already holds a run; pass --resume to continue "
+                          "it or another --workdir (its outputs and checkpoints are left "
+                          "untouched)")
+  if resume and not exists:
+    raise FileNotFoundError(f"--resume: no run in {workdir} (no config.json)")
   prism = build(config)                                  # bad config: fail before any
   splits, parts, client_data = load_client_data(config)  # output is written
+  if resume:
+    _check_resume(config, workdir)
   model = prism.model
   os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  key = jax.random.key(config.train_seed)
+  k_init, k_rounds, k_eval, k_final = jax.random.split(key, 4)
+  state = rnd.init_state(model, config.seed, k_init, config.score_std, prism)
+  ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  start = 0
+  if resume:
+    if ckpt.latest_step() is not None:
+      state = checkpoint.restore(ckpt, state)   # corrupt/incompatible: ValueError, no writes
+      start = int(state.round)
+    print(f"resuming {workdir} at round {start}")
+  else:
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  print(config)
   write_partition(config, splits["train"].labels, parts, workdir)
+  client_data = with_real_stats(prism, config, client_data, parts)
 
   mesh = rnd.client_mesh()
   client_data = rnd.shard_client_data(client_data, mesh)
   round_step = rnd.make_round_step(prism, mesh)
-  key = jax.random.key(config.train_seed)
-  k_init, k_rounds, k_eval, k_final = jax.random.split(key, 4)
-  state = rnd.init_state(model, config.seed, k_init, config.score_std)
   n = masking.num_weights(state.scores)
-  comm = communication.round_bits(n, prism.per_round)
+  send_probs = prism.send_probs(state.scores)
+  n_prob = sum(x.size for p, x in zip(jax.tree.leaves(send_probs or {}),
+                                      jax.tree.leaves(state.scores)) if p)
+  comm = communication.round_bits(n, prism.per_round, n_prob)
   print(f"generator: {n:,} masked weights; upload {comm['bits_up_per_client']:,} bits/client/"
         f"round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
+  dp_cfg = config.get("dp") or {}
+  sigma, delta = prism.local.dp_noise_std, dp_cfg.get("delta", 1e-5)
 
-  z = jax.random.normal(k_eval, (config.num_samples, model.nz))
+  def privacy(rounds_done):   # (epsilon, delta) spent so far, from the accountant
+    if not sigma:
+      return {}
+    return {"dp_epsilon": dp.epsilon(sigma, n, rounds_done, delta, dp_cfg.get("sensitivity"),
+                                     dp_cfg.get("accountant", "rdp")), "dp_delta": delta}
+
+  if sigma:
+    print(f"DP: noise std {sigma:.4g} on theta (multiplier "
+          f"{dp.noise_multiplier(sigma, n, dp_cfg.get('sensitivity')):.4g}); epsilon after "
+          f"{config.rounds} rounds {privacy(config.rounds)['dp_epsilon']:.4g} at delta {delta}")
+
   weights = generator.init_weights(model, config.seed)
-  sample = jax.jit(lambda w, s, k: generator.generate(model, w, s, z, k, "sample"))
-  ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  open(metrics_path, "w").close()
-  t_start, seconds = time.perf_counter(), []
-  for r in range(config.rounds):
+  ev = config.get("eval") or {}
+  evaluator = None
+  if ev.get("every"):
+    evaluator = evaluation.make_evaluator(
+        model, splits, data.info(config.dataset).num_classes, k_eval, ev.get("num_samples", 1000),
+        cache_dir(config), config.dataset, ev.get("inception_weights"),
+        ev.get("domain_epochs", 3))
+  z = jax.random.normal(k_eval, (config.num_samples, model.nz))
+  sample = jax.jit(lambda w, s: generator.generate(model, w, s, z, k_eval, "sample"))
+  log = runlog.MetricsFile(os.path.join(workdir, "metrics.jsonl"), start if resume else None)
+  tb = runlog.TensorBoard(os.path.join(workdir, "tb"), start)
+  progress = runlog.Progress(config.rounds, start)
+  t_start, seconds, eval_seconds, ckpt_seconds = time.perf_counter(), [], [], []
+
+  def evaluate(r):
     t0 = time.perf_counter()
-    new_state, m = round_step(state, client_data, jax.random.fold_in(k_rounds, r))
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    if not all(math.isfinite(v) for v in m.values()):
-      bad = [k for k, v in m.items() if not math.isfinite(v)]
-      raise FloatingPointError(
-          f"round {r + 1}: non-finite {bad}; stopping. The last good state is in "
-          f"{ckpt.directory} (round {ckpt.latest_step()})")
-    state = new_state
-    seconds.append(time.perf_counter() - t0)
-    m.update(round=r + 1, seconds=seconds[-1], **comm)
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(m) + "\n")
-    print(f"round {r + 1:4d}/{config.rounds}  loss {m['loss']:.4f}  "
-          f"lambda {m['mada_lambda']:.3f}  density {m['density']:.3f}  "
-          f"H(mask) {m['mask_entropy_bits']:.3f} bit/w  {m['seconds']:.1f}s", flush=True)
-    last = r + 1 == config.rounds
-    if config.sample_every and ((r + 1) % config.sample_every == 0 or last):
-      visualize.save_grid(np.asarray(sample(weights, state.scores, jax.random.key(r))),
-                          os.path.join(workdir, f"samples_r{r + 1:04d}.png"))
-    if config.checkpoint_every and ((r + 1) % config.checkpoint_every == 0 or last):
-      checkpoint.save(ckpt, r + 1, state)
+    out, _ = evaluator(weights, state.scores)
+    eval_seconds.append(time.perf_counter() - t0)
+    tb.scalars(out, r, "eval/")
+    return out
+
+  m = {}
+  try:
+    if evaluator is not None and start == 0:
+      m0 = evaluate(0)
+      log.append({"round": 0, **m0})
+      progress.write("round 0: " + "  ".join(f"{k} {v:.4g}" for k, v in m0.items()))
+    for r in range(start, config.rounds):
+      t0 = time.perf_counter()
+      new_state, m = round_step(state, client_data, jax.random.fold_in(k_rounds, r))
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not all(math.isfinite(v) for v in m.values()):
+        bad = [k for k, v in m.items() if not math.isfinite(v)]
+        raise FloatingPointError(
+            f"round {r + 1}: non-finite {bad}; stopping. The last good state is in "
+            f"{ckpt.directory} (round {ckpt.latest_step()}); resume from it with --resume "
+            "after changing the config (e.g. a lower learning rate)")
+      state = new_state
+      seconds.append(time.perf_counter() - t0)
+      m.update(round=r + 1, seconds=seconds[-1], **comm, **privacy(r + 1))
+      last = r + 1 == config.rounds
+      if evaluator is not None and ((r + 1) % ev["every"] == 0 or last):
+        m.update(evaluate(r + 1))
+      log.append(m)
+      tb.scalars({k: v for k, v in m.items() if k != "round" and "_fid" not in k
+                  and not k.startswith(("domain_", "inception_"))}, r + 1, "train/")
+      tb.scalars({f"mask/{k}": v for k, v in layer_density(state.scores).items()}, r + 1)
+      progress.update(r + 1, m)
+      if config.sample_every and ((r + 1) % config.sample_every == 0 or last):
+        images = np.asarray(sample(weights, state.scores))
+        visualize.save_grid(images, os.path.join(workdir, f"samples_r{r + 1:04d}.png"))
+        tb.image("samples", visualize.grid(images), r + 1)
+      if config.checkpoint_every and ((r + 1) % config.checkpoint_every == 0 or last):
+        t0 = time.perf_counter()
+        checkpoint.save(ckpt, r + 1, state)
+        ckpt_seconds.append(time.perf_counter() - t0)
+  finally:
+    progress.close()
+    tb.close()
 
   final = export.final_mask(k_final, state.scores)
   model_bytes = export.save_model(os.path.join(workdir, "model.npz"), model, config.seed, final)
   visualize.save_grid(np.asarray(generator.apply_binary(model, weights, final, z)),
                       os.path.join(workdir, "samples.png"))
-  summary = {"rounds": config.rounds, "num_weights": n,
+  rows = log.rows()
+  visualize.save_curves(rows, os.path.join(workdir, "curves.png"))
+  summary = {"rounds": config.rounds, "num_weights": n, "resumed_at": start if resume else None,
              "seconds_total": time.perf_counter() - t_start,
              "seconds_per_round": float(np.median(seconds[1:] or seconds or [0.0])),
-             "final_loss": m["loss"] if config.rounds else None,
+             "seconds_per_eval": float(np.median(eval_seconds)) if eval_seconds else None,
+             "seconds_per_checkpoint": float(np.median(ckpt_seconds)) if ckpt_seconds else None,
+             "final_loss": m.get("loss"),
              "model_bytes": model_bytes, "dense_float32_bytes": communication.dense_bytes(n),
-             **comm}
+             "dp_noise_std": sigma, **comm, **privacy(config.rounds)}
+  summary.update({k: v for k, v in rows[-1].items() if k.startswith(("domain_", "inception_"))}
+                 if rows else {})
   summary["model_fraction_of_dense"] = model_bytes / summary["dense_float32_bytes"]
   _write_json(os.path.join(workdir, "summary.json"), summary)
   print(f"done: {summary['seconds_total']:.0f}s; model {model_bytes:,} bytes = "

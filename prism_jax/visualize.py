@@ -51,3 +51,31 @@ def save_label_distribution(hist: np.ndarray, path: str, title: str = "") -> Non
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def save_curves(rows: list[dict], path: str) -> None:
+  """Loss, MADA lambda, mask entropy and any evaluation metric against the round (PNG)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  keys = ["loss", "mada_lambda", "mask_entropy_bits", "dp_epsilon"]
+  keys += sorted({k for r in rows for k in r if k.startswith(("domain_", "inception_"))})
+  keys = [k for k in keys if any(k in r for r in rows)]
+  if not keys:
+    return
+  cols = min(4, len(keys))
+  nrows = -(-len(keys) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), dpi=100,
+                           squeeze=False)
+  for ax, k in zip(axes.flat, keys):
+    pts = [(r["round"], r[k]) for r in rows if k in r]
+    ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None)
+    ax.set_title(k, fontsize=9)
+    ax.set_xlabel("round", fontsize=8)
+    ax.tick_params(labelsize=7)
+  for ax in list(axes.flat)[len(keys):]:
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

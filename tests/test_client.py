@@ -20,7 +20,8 @@ def test_gradients_reach_scores_only(tiny_model, tiny_objective, key):
   w = generator.init_weights(tiny_model, 0)
   s = generator.init_scores(key, w)
   real = jax.random.uniform(jax.random.key(1), (8, 16, 16, 1), minval=-1, maxval=1)
-  g_scores, g_weights = jax.grad(tiny_objective, argnums=(0, 1))(s, w, real, key)
+  g_scores, g_weights = jax.grad(lambda *a: tiny_objective(*a)[0], argnums=(0, 1))(
+      s, w, real, key)
   chex.assert_tree_all_finite(g_scores)
   for leaf in jax.tree.leaves(g_scores):
     assert float(jnp.abs(leaf).sum()) > 0
@@ -36,7 +37,8 @@ def test_local_training_lowers_loss_and_uploads_bits(tiny_model, tiny_objective,
   images = jnp.zeros((1, 32, 16, 16, 1), jnp.uint8).at[:, :, 4:12, 6:10].set(255)  # a bar
   cfg = client.LocalConfig(local_steps=30, batch_size=16, learning_rate=0.1)
   update = jax.jit(functools.partial(client.client_update, objective=tiny_objective, cfg=cfg))
-  mask, metrics = update(s, w, images[0], jnp.int32(32), key)
+  mask, loss_state, metrics = update(s, w, images[0], jnp.int32(32), key)
+  assert loss_state == ()
   assert float(metrics["loss_last"]) < float(metrics["loss_first"])
   chex.assert_trees_all_equal_shapes(mask, s)
   assert all(m.dtype == jnp.bool_ for m in jax.tree.leaves(mask))

@@ -7,9 +7,15 @@ import pytest
 from prism_jax import losses
 
 
+def _plain(name):
+  fl = losses.get_loss(name)
+  assert fl.real == "batch" and fl.init(4) == ()
+  return lambda r, f: fl.apply(r, f, ())[0]
+
+
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_zero_for_identical_larger_for_shifted(name):
-  loss = losses.get_loss(name)
+  loss = _plain(name)
   # Pixel-like scale: per-feature std 0.3, as images in [-1, 1].
   x = 0.3 * jax.random.normal(jax.random.key(0), (32, 16))
   y = 0.3 * jax.random.normal(jax.random.key(1), (32, 16))
@@ -22,7 +28,7 @@ def test_zero_for_identical_larger_for_shifted(name):
 
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_finite_gradients(name):
-  loss = losses.get_loss(name)
+  loss = _plain(name)
   x = jax.random.normal(jax.random.key(0), (16, 8))
   g = jax.grad(lambda y: loss(x, y))(x + 0.5)
   chex.assert_tree_all_finite(g)
@@ -46,3 +52,41 @@ def test_gaussian_mmd_hand_computed():
 def test_unknown_loss():
   with pytest.raises(ValueError, match="unknown loss 'wasserstein'"):
     losses.get_loss("wasserstein")
+
+
+def _gfmn_setup(lr=1e-5):
+  fl = losses.get_loss("gfmn", learning_rate=lr)
+  fake = jax.random.normal(jax.random.key(0), (64, 6))
+  real_stats = (jnp.arange(6.0) - 2.5, jnp.linspace(0.5, 2.0, 6))
+  return fl, fake, real_stats
+
+
+def test_gfmn_first_step_is_adams_sign_step():
+  fl, fake, real_stats = _gfmn_setup()
+  assert fl.real == "stats"
+  state = fl.init(6)
+  np.testing.assert_array_equal(state.v_mean, 0.0)
+  loss, state = fl.apply(real_stats, fake, state)
+  mu_f, var_f = jnp.mean(fake, 0), jnp.var(fake, 0, ddof=1)
+  # Adam's first step is -lr * g / |g| with g = grad of mean((v - gap)^2) = -2 gap / D.
+  np.testing.assert_allclose(state.v_mean, 1e-5 * jnp.sign(real_stats[0] - mu_f), rtol=1e-3)
+  np.testing.assert_allclose(state.v_var, 1e-5 * jnp.sign(real_stats[1] - var_f), rtol=1e-3)
+  # The generator loss is the projection on the updated moving averages.
+  expect = state.v_mean @ (real_stats[0] - mu_f) + state.v_var @ (real_stats[1] - var_f)
+  np.testing.assert_allclose(loss, expect, rtol=1e-5)
+
+
+def test_gfmn_moving_average_tracks_the_gap_and_zero_for_equal_stats():
+  fl, fake, real_stats = _gfmn_setup(lr=1e-2)
+  state = fl.init(6)
+  step = jax.jit(fl.apply)
+  for _ in range(3000):
+    _, state = step(real_stats, fake, state)
+  gap = real_stats[0] - jnp.mean(fake, 0)
+  np.testing.assert_allclose(state.v_mean, gap, atol=2e-2)
+  # Equal statistics: zero loss whatever the moving averages hold.
+  equal = (jnp.mean(fake, 0), jnp.var(fake, 0, ddof=1))
+  np.testing.assert_allclose(fl.apply(equal, fake, state)[0], 0.0, atol=1e-5)
+  # Its gradient moves the fake mean along the tracked gap.
+  g = jax.grad(lambda f: fl.apply(real_stats, f, state)[0])(fake)
+  assert float(jnp.dot(-g.sum(0), gap)) > 0

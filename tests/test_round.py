@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prism_jax import client, generator, server
+from prism_jax import client, communication, features, generator, losses, server
 from prism_jax import round as rnd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def test_round_keeps_seed_and_score_structure(tiny_model, tiny_objective):
   new, _ = step(state, _data(), jax.random.key(1))
   assert int(new.seed) == 5
   chex.assert_trees_all_equal_shapes(new.scores, state.scores)
-  # The state is seed + scores + round: frozen weights are never part of it.
+  # The state is seed + scores + round (no loss state here): never the frozen weights.
   assert len(jax.tree.leaves(new)) == len(jax.tree.leaves(new.scores)) + 2
   assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.scores),
                                                       jax.tree.leaves(state.scores)))
@@ -150,3 +150,65 @@ def test_sharded_round_equals_single_device(devices, single_device_round, tmp_pa
     _assert_scores_match(leaves(single_device_round), leaves(sharded))
     np.testing.assert_allclose(sharded[p + "_loss"], single_device_round[p + "_loss"],
                                rtol=1e-3)   # reduction order differs with clients per device
+
+
+def test_prism_alpha_sends_bits_first_and_floats_last(tiny_model, tiny_objective, key):
+  w = generator.init_weights(tiny_model, 0)
+  order = generator.layer_order(w)
+  assert order[0] == ("input", "kernel") and order[-1] == ("output", "kernel")
+  assert order.index(("block0", "conv1", "kernel")) < order.index(("block1", "conv1", "kernel"))
+  probs = generator.prob_layers(w, 0.3)         # int(0.3 * 8 layers) = last 2
+  flags = [_get(probs, p) for p in order]
+  assert flags == [False] * (len(order) - 2) + [True] * 2
+  state = client.client_init(generator.init_scores(key, w), client.LocalConfig())
+  upload = client.client_final(state, key, client.LocalConfig(), probs)
+  for p in order:
+    leaf = _get(upload, p[:-1])["kernel"]
+    assert leaf.dtype == (jnp.float32 if _get(probs, p) else jnp.bool_), p
+  # The server averages the probabilities of those layers and the bits of the others.
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), upload, upload)
+  theta = server.aggregate(stacked, jnp.ones(2))
+  np.testing.assert_allclose(theta["output"]["kernel"],
+                             jnp.clip(jax.nn.sigmoid(state.scores["output"]["kernel"]),
+                                      0.01, 0.99), rtol=1e-6)
+  assert set(np.unique(np.asarray(theta["input"]["kernel"]))) <= {np.float32(0.01),
+                                                                 np.float32(0.99)}
+  n = sum(x.size for x in jax.tree.leaves(w))
+  n_prob = sum(_get(w, p).size for p in order[-2:])
+  assert communication.round_bits(n, 1, n_prob)["bits_up_per_client"] == n - n_prob + 32 * n_prob
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def test_prism_alpha_round_runs(tiny_model, tiny_objective):
+  prism = _prism(tiny_objective, alpha=0.5)
+  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  new, metrics = rnd.make_round_step(prism)(state, _data(), jax.random.key(1))
+  chex.assert_tree_all_finite((new.scores, metrics))
+  with pytest.raises(ValueError, match="alpha"):
+    _prism(tiny_objective, alpha=1.5)
+
+
+def test_gfmn_round_keeps_per_client_moving_averages(tiny_model):
+  """Stats loss: each client's moving averages persist in the state; only the round's
+  participants change theirs."""
+  obj = client.Objective(tiny_model, features.pixels, losses.get_loss("gfmn"))
+  prism = _prism(obj, clients_per_round=2)
+  data = _data()
+  mean, var = features.client_stats(obj.features, np.asarray(data.images),
+                                    np.asarray(data.counts))
+  assert mean.shape == (4, 16 * 16)
+  data = rnd.ClientData(data.images, data.counts, (jnp.asarray(mean), jnp.asarray(var)))
+  state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
+  chex.assert_shape(state.local_states.v_mean, (4, 256))
+  step = rnd.make_round_step(prism)
+  new, metrics = step(state, data, jax.random.key(1))
+  chex.assert_tree_all_finite(metrics)
+  moved = np.any(np.asarray(new.local_states.v_mean) != 0, axis=1)
+  assert moved.sum() == 2                       # the two participants, no one else
+  with pytest.raises(ValueError, match="real_stats"):
+    step(state, _data(), jax.random.key(1))

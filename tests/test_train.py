@@ -2,6 +2,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ def _tiny_config():
   c.image_size, c.nz, c.ngf, c.num_clients, c.clients_per_round = 16, 16, 4, 3, 2
   c.local.local_steps, c.local.batch_size = 8, 16
   c.rounds, c.sample_every, c.checkpoint_every = 4, 2, 2
+  c.eval.every = 0
   return c
 
 
@@ -35,11 +37,27 @@ def test_bad_dataset_and_image_size():
 
 def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
   workdir = str(tmp_path / "run")
-  summary = train.train(_tiny_config(), workdir)
+  config = _tiny_config()
+  config.eval.every, config.eval.num_samples, config.eval.domain_epochs = 2, 200, 1
+  config.cache_dir = str(tmp_path / "cache")
+  summary = train.train(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(l) for l in f]
-  assert [r["round"] for r in rows] == [1, 2, 3, 4]
-  assert rows[-1]["loss"] < rows[0]["loss"]
+  assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+  assert rows[-1]["loss"] < rows[1]["loss"]
+  # Evaluation at rounds 0, 2, 4 on the domain embedder, named as such.
+  assert [r["round"] for r in rows if "domain_fid" in r] == [0, 2, 4]
+  assert all(0 <= rows[-1][f"domain_{k}"] <= 1 for k in ("precision", "recall", "coverage"))
+  assert rows[-1]["domain_is"] >= 1 and summary["domain_fid"] == rows[-1]["domain_fid"]
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  ea = EventAccumulator(os.path.join(workdir, "tb"))
+  ea.Reload()
+  tags = ea.Tags()
+  assert {"train/loss", "train/mada_lambda", "train/bits_up", "eval/domain_fid",
+          "mask/output", "mask/block0/conv1"} <= set(tags["scalars"])
+  assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4]
+  assert tags["images"] == ["samples"]
+  assert os.path.exists(os.path.join(workdir, "curves.png"))
   for name in ("samples.png", "samples_r0002.png", "config.json", "partition.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert Image.open(os.path.join(workdir, "samples.png")).size[0] > 16
@@ -64,6 +82,30 @@ def test_non_iid_split_runs_and_writes_partition(tmp_path, split):
   assert Image.open(tmp_path / "partition.png").size[0] > 100
 
 
+def test_gfmn_loss_with_cached_stats_and_dp_accounting(tmp_path):
+  config = _tiny_config()
+  config.loss.name, config.loss.kwargs = "gfmn", {"learning_rate": 1e-3}
+  config.rounds, config.sample_every, config.checkpoint_every = 2, 0, 0
+  config.cache_dir, config.dp.epsilon = str(tmp_path / "cache"), 5.0
+  summary = train.train(config, str(tmp_path / "run"))
+  assert len(os.listdir(tmp_path / "cache")) == 1            # per-client stats, cached
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    rows = [json.loads(l) for l in f]
+  assert rows[0]["dp_epsilon"] < rows[1]["dp_epsilon"] == pytest.approx(5.0, rel=1e-3)
+  assert summary["dp_epsilon"] == pytest.approx(5.0, rel=1e-3) and summary["dp_noise_std"] > 0
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("epsilon", 0.0, "epsilon must be > 0"), ("delta", 1.5, r"delta must lie in \(0, 1\)")])
+def test_bad_dp_config_fails_before_output(tmp_path, field, value, match):
+  config = _tiny_config()
+  config.dp.epsilon = 1.0
+  config.dp[field] = value
+  with pytest.raises(ValueError, match=match):
+    train.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
 def test_channels_must_match_dataset(tmp_path):
   config = _tiny_config()
   config.channels = 3
@@ -77,6 +119,62 @@ def test_nan_loss_stops_with_clear_error(tmp_path, monkeypatch):
   config.loss.name, config.rounds = "nan", 2
   with pytest.raises(FloatingPointError, match="round 1: non-finite"):
     train.train(config, str(tmp_path / "run"))
+
+
+def _scores(workdir, step):
+  from prism_jax import checkpoint
+  mgr = checkpoint.manager(os.path.join(workdir, "checkpoints"))
+  return mgr.restore(step)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
+  config = _tiny_config()
+  config.sample_every = 0
+  full = str(tmp_path / "full")
+  train.train(config, full)
+
+  from prism_jax import runlog
+  real_update = runlog.Progress.update
+
+  def killed_at_3(self, r, m):
+    if r == 3:
+      raise KeyboardInterrupt("simulated kill")
+    real_update(self, r, m)
+
+  part = str(tmp_path / "part")
+  monkeypatch.setattr(runlog.Progress, "update", killed_at_3)
+  with pytest.raises(KeyboardInterrupt):
+    train.train(config, part)
+  monkeypatch.undo()
+  assert sorted(os.listdir(os.path.join(part, "checkpoints"))) == ["2"]
+  summary = train.train(config, part, resume=True)
+  assert summary["resumed_at"] == 2
+  a, b = _scores(full, 4), _scores(part, 4)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  rows = lambda d: [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
+  assert [r["round"] for r in rows(part)] == [1, 2, 3, 4]
+  assert [r["loss"] for r in rows(part)] == [r["loss"] for r in rows(full)]
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+  config = _tiny_config()
+  config.rounds, config.sample_every = 2, 0
+  workdir = tmp_path / "run"
+  train.train(config, str(workdir))
+  step_dir = workdir / "checkpoints" / "2"
+  for f in step_dir.rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"\x00garbage")
+  before = {f: f.read_bytes() for f in step_dir.rglob("*") if f.is_file()}
+  config.rounds = 4
+  with pytest.raises(ValueError, match=f"checkpoint 2 in .*{workdir.name}/checkpoints"):
+    train.train(config, str(workdir), resume=True)
+  assert {f: f.read_bytes() for f in step_dir.rglob("*") if f.is_file()} == before
+  other = _tiny_config()
+  other.ngf = 8
+  with pytest.raises(ValueError, match=r"config differs in \['ngf'\]"):
+    train.train(other, str(workdir), resume=True)
 
 
 def test_existing_run_is_never_overwritten(tmp_path):

@@ -32,20 +32,34 @@ def get_config():
   c.seed = 0
   c.score_std = 1.0
   # Local objective.
-  c.features = "pixels"
+  c.features = "pixels"                      # or "vgg19" (weights file in features_kwargs)
+  c.features_kwargs = ml_collections.ConfigDict()
   c.loss = ml_collections.ConfigDict({"name": "gaussian_mmd", "kwargs": {}})
+  c.cache_dir = ml_collections.config_dict.placeholder(str)  # real-feature stats cache
   c.local = ml_collections.ConfigDict(dict(
       local_steps=50, batch_size=64, optimizer_name="adam", learning_rate=0.1, b1=0.5,
       b2=0.999, estimator="prob",
       dp_noise_std=0.0, dp_clip=0.1))
+  # Differential privacy: set dp.epsilon to calibrate local.dp_noise_std to it over
+  # `rounds` (dp-accounting); the spent (epsilon, delta) is logged every round.
+  c.dp = ml_collections.ConfigDict(dict(
+      epsilon=ml_collections.config_dict.placeholder(float), delta=1e-5, accountant="rdp",
+      sensitivity=ml_collections.config_dict.placeholder(float)))   # None: sqrt(#weights)
   # Server.
   c.mada = True
   c.smoothing = 0.01
+  c.prism_alpha = 0.0                        # PRISM-alpha: last fraction of layers send theta
   # Run.
   c.rounds = 15
   c.train_seed = 0
   c.num_samples = 64
   c.sample_every = 5
+  # Evaluation on a fixed noise batch vs the test split: FID / PRDC / IS on the offline
+  # domain classifier (trained once on the held-out split, cached), or on InceptionV3 when
+  # a weights file is given.
+  c.eval = ml_collections.ConfigDict(dict(
+      every=5, num_samples=1000, domain_epochs=3,
+      inception_weights=ml_collections.config_dict.placeholder(str)))
   c.checkpoint_every = 5
   c.keep_checkpoints = 3
   return c

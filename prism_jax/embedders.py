@@ -1,0 +1,123 @@
+"""Embedders for evaluation: ``apply(params, images in [-1, 1]) -> (embeddings, logits)``.
+
+* ``domain`` -- a small CNN classifier trained on the held-out split (``valid``: no client
+  owns it), cached per dataset / image size / seed. Its penultimate layer embeds; metrics on
+  it are reported as ``domain_fid`` etc., never as Inception FID.
+* ``inception`` -- InceptionV3 (pool3 features, 2048-d) from a weights file
+  (:mod:`prism_jax.inception`); its FID is the paper's "FID".
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Embedder:
+  name: str                       # metric prefix: "domain" -> "domain_fid"
+  apply: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array | None]]
+  params: Any
+  info: dict = dataclasses.field(default_factory=dict)
+
+  def embed(self, images, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings (and logits) of float images in [-1, 1] or uint8 images, batched."""
+    from prism_jax.client import to_float
+    fn = jax.jit(lambda p, x: self.apply(p, to_float(x)))
+    embs, logits = [], []
+    for i in range(0, len(images), batch_size):
+      e, l = fn(self.params, jnp.asarray(images[i:i + batch_size]))
+      embs.append(np.asarray(e))
+      logits.append(None if l is None else np.asarray(l))
+    return np.concatenate(embs), (None if logits[0] is None else np.concatenate(logits))
+
+
+class DomainCNN(nn.Module):
+  """conv32 -> pool -> conv64 -> pool -> conv128 -> global mean -> dense 128 -> classes."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    for c in (32, 64):
+      x = nn.relu(nn.Conv(c, (3, 3))(x))
+      x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Conv(128, (3, 3))(x))
+    emb = nn.relu(nn.Dense(128)(jnp.mean(x, axis=(1, 2))))
+    return emb, nn.Dense(self.num_classes)(emb)
+
+
+def train_domain_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int,
+                            seed: int = 0, epochs: int = 3, batch_size: int = 128):
+  """Trains :class:`DomainCNN` on uint8 images; returns its params."""
+  from prism_jax.client import to_float
+  model = DomainCNN(num_classes)
+  key = jax.random.key(seed)
+  params = model.init(key, jnp.zeros((1, *images.shape[1:])))["params"]
+  opt = optax.adam(1e-3)
+  opt_state = opt.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    def loss(p):
+      logits = model.apply({"params": p}, to_float(x))[1]
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    grads = jax.grad(loss)(params)
+    updates, opt_state = opt.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state
+
+  rng = np.random.default_rng(seed)
+  for _ in range(epochs):
+    order = rng.permutation(len(images))
+    for i in range(0, len(order) - batch_size + 1, batch_size):
+      b = order[i:i + batch_size]
+      params, opt_state = step(params, opt_state, images[b], labels[b])
+  return params
+
+
+def accuracy(embedder: Embedder, images, labels) -> float:
+  _, logits = embedder.embed(images)
+  return float(np.mean(np.argmax(logits, 1) == labels))
+
+
+def domain(held_out_images: np.ndarray, held_out_labels: np.ndarray, num_classes: int,
+           cache_path: str | None = None, seed: int = 0, epochs: int = 3) -> Embedder:
+  """The offline domain embedder, trained once on the held-out split and cached."""
+  model = DomainCNN(num_classes)
+
+  def apply(params, x):
+    return model.apply({"params": params}, x)
+
+  params = None
+  if cache_path and os.path.exists(cache_path):
+    try:
+      with np.load(cache_path) as f:
+        params = flax.traverse_util.unflatten_dict(
+            {tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files})
+      jax.eval_shape(apply, params, jnp.zeros((1, *held_out_images.shape[1:])))
+    except Exception:  # unreadable or stale cache: retrain
+      params = None
+  if params is None:
+    params = train_domain_classifier(held_out_images, held_out_labels, num_classes, seed,
+                                     epochs)
+    if cache_path:
+      os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
+      flat = {"/".join(k): np.asarray(v)
+              for k, v in flax.traverse_util.flatten_dict(params).items()}
+      tmp = cache_path + ".tmp.npz"
+      np.savez(tmp, **flat)
+      os.replace(tmp, cache_path)
+  return Embedder("domain", apply, params)
+
+
+def inception(weights: str) -> Embedder:
+  """InceptionV3 pool3 embeddings and logits from a weights file."""
+  from prism_jax import inception as inc
+  params = inc.load_params(weights)
+  return Embedder("inception", inc.apply, params)

@@ -1,0 +1,93 @@
+"""VGG19 extractor: torchvision-layout weights file -> Flax, against an independent NCHW
+reference computed on the same weights."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prism_jax import vgg
+
+WIDTH = 0.0625     # 4..32 channels: the real layer structure at test speed
+
+
+def _random_state(batch_norm, seed=0):
+  rng = np.random.default_rng(seed)
+  state = {}
+  for k, shape in vgg.torch_layout(batch_norm, WIDTH).items():
+    if k.endswith("running_var"):
+      state[k] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+    elif k.endswith(".weight") and len(shape) == 4:
+      state[k] = (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+    else:
+      state[k] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+  return state
+
+
+def _reference(state, images, batch_norm):
+  """torchvision's forward in NCHW with OIHW kernels, written independently."""
+  x = (np.repeat(images, 3, -1) if images.shape[-1] == 1 else images)
+  x = ((x + 1) / 2 - np.array(vgg.IMAGENET_MEAN)) / np.array(vgg.IMAGENET_STD)
+  x = jnp.asarray(x.transpose(0, 3, 1, 2), jnp.float32)
+  feats, idx = [], 0
+  for block in vgg.BLOCKS:
+    for _ in block:
+      w, b = state[f"features.{idx}.weight"], state[f"features.{idx}.bias"]
+      x = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=("NCHW", "OIHW", "NCHW"))
+      x = x + b[None, :, None, None]
+      idx += 1
+      if batch_norm:
+        g, be, m, v = (state[f"features.{idx}.{k}"][None, :, None, None]
+                       for k in ("weight", "bias", "running_mean", "running_var"))
+        x = (x - m) / np.sqrt(v + 1e-5) * g + be
+        idx += 1
+      x = jax.nn.relu(x)
+      idx += 1
+      feats.append(x)
+    x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+    idx += 1
+  return feats
+
+
+@pytest.mark.parametrize("batch_norm,channels", [(False, 3), (True, 1)])
+def test_converted_weights_match_reference(tmp_path, batch_norm, channels):
+  state = _random_state(batch_norm)
+  np.savez(tmp_path / "vgg.npz", **state)
+  params = vgg.load_params(str(tmp_path / "vgg.npz"), width=WIDTH)
+  images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, channels)).astype(np.float32)
+  ours = vgg.features(params, jnp.asarray(images), batch_norm=batch_norm, width=WIDTH)
+  ref = _reference(state, images, batch_norm)
+  chex.assert_shape(ours, (3, vgg.num_features(32, width=WIDTH)))
+  # Per-channel statistics are invariant to the NHWC vs NCHW flattening order.
+  start = 0
+  for r in ref:
+    n = int(np.prod(r.shape[1:]))
+    got = ours[:, start:start + n].reshape(3, r.shape[2], r.shape[3], r.shape[1])
+    np.testing.assert_allclose(got, np.asarray(r).transpose(0, 2, 3, 1), rtol=2e-4, atol=2e-4)
+    start += n
+  assert start == ours.shape[1]
+
+
+def test_layer_selection_and_feature_count():
+  assert vgg.num_features(32) == 303_104          # the paper's 16 layers at 32x32
+  params = vgg.init_params(jax.random.key(0), width=WIDTH)
+  x = jnp.zeros((2, 32, 32, 3))
+  last4 = vgg.features(params, x, num_layers=4, width=WIDTH)
+  assert last4.shape == (2, vgg.num_features(32, 4, WIDTH))
+  with pytest.raises(ValueError, match="num_layers"):
+    vgg.features(params, x, num_layers=17, width=WIDTH)
+
+
+def test_wrong_shape_names_the_layer(tmp_path):
+  state = _random_state(False)
+  state["features.5.weight"] = state["features.5.weight"][:, :1]
+  np.savez(tmp_path / "bad.npz", **state)
+  with pytest.raises(ValueError, match=r"layer 'features.5.weight' has shape"):
+    vgg.load_params(str(tmp_path / "bad.npz"), width=WIDTH)
+  del state["features.5.weight"]
+  with pytest.raises(ValueError, match="missing 'features.5.weight'"):
+    vgg.from_torch_state_dict(state, width=WIDTH)
+  (tmp_path / "junk.npz").write_bytes(b"not a zip")
+  with pytest.raises(ValueError, match="unreadable"):
+    vgg.load_params(str(tmp_path / "junk.npz"))
