@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -27,10 +28,14 @@ class Embedder:
   params: Any
   info: dict = dataclasses.field(default_factory=dict)
 
+  @functools.cached_property
+  def _jitted(self):
+    from prism_jax.client import to_float
+    return jax.jit(lambda p, x: self.apply(p, to_float(x)))
+
   def embed(self, images, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray | None]:
     """Embeddings (and logits) of float images in [-1, 1] or uint8 images, batched."""
-    from prism_jax.client import to_float
-    fn = jax.jit(lambda p, x: self.apply(p, to_float(x)))
+    fn = self._jitted
     embs, logits = [], []
     for i in range(0, len(images), batch_size):
       e, l = fn(self.params, jnp.asarray(images[i:i + batch_size]))

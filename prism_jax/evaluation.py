@@ -47,16 +47,19 @@ class Evaluator:
 
 def make_evaluator(model, splits, num_classes: int, key: jax.Array, num_samples: int,
                    cache_dir: str, dataset: str, inception_weights: str | None = None,
-                   domain_epochs: int = 3) -> Evaluator:
+                   domain_epochs: int = 3, domain_train_examples: int | None = None
+                   ) -> Evaluator:
   """Builds the embedder (Inception from a file, else the offline domain classifier) and
   the real test-split embeddings (cached)."""
   size = model.image_size
   if inception_weights:
     emb = embedders.inception(inception_weights)
   else:
-    path = os.path.join(cache_dir, f"domain-{dataset}-{size}.npz")
     valid = splits["valid"]
-    emb = embedders.domain(valid.images, valid.labels, num_classes, path, epochs=domain_epochs)
+    n = min(domain_train_examples or len(valid.labels), len(valid.labels))
+    path = os.path.join(cache_dir, f"domain-{dataset}-{size}-{n}-e{domain_epochs}.npz")
+    emb = embedders.domain(valid.images[:n], valid.labels[:n], num_classes, path,
+                           epochs=domain_epochs)
   test = splits["test"]
   real = test.images[:num_samples]
   tag = features.fingerprint(emb.name, emb.params)

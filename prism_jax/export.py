@@ -20,7 +20,7 @@ FORMAT_VERSION = 1
 
 def final_mask(key: jax.Array, scores):
   """The deployed mask, ``M ~ Bernoulli(sigmoid(scores))``, as a bool PyTree."""
-  return masking.sample_binary(key, masking.keep_prob(scores))
+  return jax.jit(lambda k, s: masking.sample_binary(k, masking.keep_prob(s)))(key, scores)
 
 
 def pack(mask_tree) -> np.ndarray:

@@ -152,7 +152,8 @@ class ResNetGenerator(nn.Module):
 def init_weights(model: ResNetGenerator, seed: int):
   """The frozen random weights: a pure function of ``seed`` (never trained nor sent)."""
   z = jnp.zeros((1, model.nz), jnp.float32)
-  return model.init(jax.random.key(seed), z)["params"]
+  # One compiled program instead of one per initializer op when called eagerly.
+  return jax.jit(model.init)(jax.random.key(seed), z)["params"]
 
 
 def layer_order(weights) -> list[tuple[str, ...]]:
@@ -181,8 +182,11 @@ def prob_layers(weights, alpha: float):
 
 def init_scores(key: jax.Array, weights, std: float = 1.0):
   """Scores ~ N(0, std^2), one per frozen weight (official default std = 1)."""
-  return jax.tree.map(lambda k, w: std * jax.random.normal(k, w.shape, w.dtype),
-                      masking.leaf_keys(key, weights), weights)
+  @jax.jit
+  def draw(key):
+    return jax.tree.map(lambda k, w: std * jax.random.normal(k, w.shape, w.dtype),
+                        masking.leaf_keys(key, weights), weights)
+  return draw(key)
 
 
 def generate(model: ResNetGenerator, weights, scores, z, key=None, mode="sample",

@@ -62,8 +62,12 @@ class Prism:
   num_clients: int = 10
   clients_per_round: int | None = None   # None: all clients every round
   alpha: float = 0.0                     # PRISM-alpha: last fraction of layers send theta
+  client_chunk: int | None = None        # clients vmapped at once per device (lax.map over
+                                         # chunks); None: all of a device's clients at once
 
   def __post_init__(self):
+    if self.client_chunk is not None and self.client_chunk < 1:
+      raise ValueError(f"client_chunk must be >= 1, got {self.client_chunk}")
     if not 0.0 <= self.alpha <= 1.0:
       raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
     if self.num_clients < 1:
@@ -134,7 +138,8 @@ def _mean_entropy_bits(theta) -> jax.Array:
 def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
   """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``."""
   mesh = client_mesh() if mesh is None else mesh
-  slots = math.ceil(prism.per_round / mesh.size) * mesh.size
+  per_slot_group = mesh.size * (prism.client_chunk or 1)
+  slots = math.ceil(prism.per_round / per_slot_group) * per_slot_group
   weights_shape = jax.eval_shape(lambda: generator.init_weights(prism.model, 0))
   update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
                              send_probs=prism.send_probs(weights_shape))
@@ -143,8 +148,20 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
     return update(scores, weights, images, count, key, feature_params=feature_params,
                   real_stats=real_stats, loss_state=loss_state)
 
-  clients = jax.shard_map(jax.vmap(one_client, in_axes=(None, None, None, 0, 0, 0, 0, 0)),
-                          mesh=mesh, in_specs=(P(), P(), P()) + (P(AXIS),) * 5,
+  vmapped = jax.vmap(one_client, in_axes=(None, None, None, 0, 0, 0, 0, 0))
+
+  def device_clients(scores, weights, feature_params, *per_client):
+    """This device's clients: all at once, or ``client_chunk`` at a time (``lax.map``), which
+    bounds memory by the chunk instead of the number of clients."""
+    n, chunk = per_client[0].shape[0], prism.client_chunk
+    if not chunk or chunk >= n:
+      return vmapped(scores, weights, feature_params, *per_client)
+    split = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), per_client)
+    out = jax.lax.map(lambda xs: vmapped(scores, weights, feature_params, *xs), split)
+    return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
+
+  clients = jax.shard_map(device_clients, mesh=mesh,
+                          in_specs=(P(), P(), P()) + (P(AXIS),) * 5,
                           out_specs=(P(AXIS), P(AXIS), P(AXIS)))
 
   def round_step(state: ServerState, data: ClientData, key: jax.Array, feature_params):

@@ -210,7 +210,7 @@ def train(config, workdir: str, resume: bool = False) -> dict:
     evaluator = evaluation.make_evaluator(
         model, splits, data.info(config.dataset).num_classes, k_eval, ev.get("num_samples", 1000),
         cache_dir(config), config.dataset, ev.get("inception_weights"),
-        ev.get("domain_epochs", 3))
+        ev.get("domain_epochs", 3), ev.get("domain_train_examples"))
   z = jax.random.normal(k_eval, (config.num_samples, model.nz))
   sample = jax.jit(lambda w, s: generator.generate(model, w, s, z, k_eval, "sample"))
   log = runlog.MetricsFile(os.path.join(workdir, "metrics.jsonl"), start if resume else None)
@@ -266,8 +266,8 @@ def train(config, workdir: str, resume: bool = False) -> dict:
 
   final = export.final_mask(k_final, state.scores)
   model_bytes = export.save_model(os.path.join(workdir, "model.npz"), model, config.seed, final)
-  visualize.save_grid(np.asarray(generator.apply_binary(model, weights, final, z)),
-                      os.path.join(workdir, "samples.png"))
+  final_images = jax.jit(lambda w, m: generator.apply_binary(model, w, m, z))(weights, final)
+  visualize.save_grid(np.asarray(final_images), os.path.join(workdir, "samples.png"))
   rows = log.rows()
   visualize.save_curves(rows, os.path.join(workdir, "curves.png"))
   summary = {"rounds": config.rounds, "num_weights": n, "resumed_at": start if resume else None,

@@ -20,7 +20,7 @@ def test_gradients_reach_scores_only(tiny_model, tiny_objective, key):
   w = generator.init_weights(tiny_model, 0)
   s = generator.init_scores(key, w)
   real = jax.random.uniform(jax.random.key(1), (8, 16, 16, 1), minval=-1, maxval=1)
-  g_scores, g_weights = jax.grad(lambda *a: tiny_objective(*a)[0], argnums=(0, 1))(
+  g_scores, g_weights = jax.jit(jax.grad(lambda *a: tiny_objective(*a)[0], argnums=(0, 1)))(
       s, w, real, key)
   chex.assert_tree_all_finite(g_scores)
   for leaf in jax.tree.leaves(g_scores):

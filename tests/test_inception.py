@@ -1,5 +1,4 @@
 """InceptionV3 embedder on a random torchvision-layout weights file written by the test."""
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

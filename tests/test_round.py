@@ -126,24 +126,29 @@ np.savez({out!r}, **out)
 """
 
 
-def _run_on_devices(devices, out):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  code = SCRIPT.format(root=ROOT, devices=devices, out=str(out))
-  subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
-  with np.load(out) as f:
-    return {k: f[k] for k in f.files}
-
-
 @pytest.fixture(scope="module")
-def single_device_round(tmp_path_factory):
-  return _run_on_devices(1, tmp_path_factory.mktemp("one") / "one.npz")
+def rounds_on_devices(tmp_path_factory):
+  """The same rounds on 1, 2 and 4 forced host devices, one process each, run concurrently
+  (XLA compiles on one thread)."""
+  tmp = tmp_path_factory.mktemp("devices")
+  procs = {}
+  for devices in (1, 2, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    code = SCRIPT.format(root=ROOT, devices=devices, out=str(tmp / f"{devices}.npz"))
+    procs[devices] = subprocess.Popen([sys.executable, "-c", code], env=env)
+  out = {}
+  for devices, proc in procs.items():
+    assert proc.wait(timeout=900) == 0, f"{devices}-device run failed"
+    with np.load(tmp / f"{devices}.npz") as f:
+      out[devices] = {k: f[k] for k in f.files}
+  return out
 
 
 @pytest.mark.parametrize("devices", [2, 4])
-def test_sharded_round_equals_single_device(devices, single_device_round, tmp_path):
+def test_sharded_round_equals_single_device(devices, rounds_on_devices):
   """Same scores and losses on 1, 2 and 4 (forced host) devices, with and without padding."""
-  sharded = _run_on_devices(devices, tmp_path / "many.npz")
+  single_device_round, sharded = rounds_on_devices[1], rounds_on_devices[devices]
   for p in ("p4", "p3"):
     leaves = lambda r: [r[k] for k in sorted(r) if k.startswith(p + "_0") or
                         k.startswith(p + "_1")]
@@ -212,3 +217,19 @@ def test_gfmn_round_keeps_per_client_moving_averages(tiny_model):
   assert moved.sum() == 2                       # the two participants, no one else
   with pytest.raises(ValueError, match="real_stats"):
     step(state, _data(), jax.random.key(1))
+
+
+def test_chunked_clients_match_all_at_once(tiny_model, tiny_objective):
+  """lax.map over chunks of vmapped clients computes the same round."""
+  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  data, key = _data(), jax.random.key(3)
+  whole, m1 = rnd.make_round_step(_prism(tiny_objective))(state, data, key)
+  chunked, m2 = rnd.make_round_step(_prism(tiny_objective, client_chunk=2))(state, data, key)
+  _assert_scores_match(whole.scores, chunked.scores, max_flips=0.02)
+  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-4)
+  # 3 of 4 clients in chunks of 2: one padded slot with weight 0, still correct shapes.
+  odd, _ = rnd.make_round_step(_prism(tiny_objective, clients_per_round=3, client_chunk=2))(
+      state, data, key)
+  chex.assert_trees_all_equal_shapes(odd.scores, state.scores)
+  with pytest.raises(ValueError, match="client_chunk"):
+    _prism(tiny_objective, client_chunk=0)

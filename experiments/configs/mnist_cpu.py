@@ -59,6 +59,7 @@ def get_config():
   # a weights file is given.
   c.eval = ml_collections.ConfigDict(dict(
       every=5, num_samples=1000, domain_epochs=3,
+      domain_train_examples=ml_collections.config_dict.placeholder(int),   # None: all
       inception_weights=ml_collections.config_dict.placeholder(str)))
   c.checkpoint_every = 5
   c.keep_checkpoints = 3

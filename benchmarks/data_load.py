@@ -1,0 +1,99 @@
+"""Load time and memory of each dataset at its paper image size (32x32).
+
+No dataset can be downloaded here, so each tfds dataset is written locally with random
+content in its real tfds format (same features, JPEG/PNG encoding, splits) at ``--n``
+training examples; load time is measured through the real ``prism_jax.data.load`` path and
+extrapolated linearly to the full dataset size. ``mnist_offline`` is measured for real.
+
+  python -m benchmarks.data_load --n=10000 --out=benchmarks/data_load.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+
+import numpy as np
+
+from prism_jax import data
+
+
+def _rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _prepare(name: str, data_dir: str, n: int) -> None:
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(name, data_dir=data_dir)
+  feats = builder.info.features
+  rng = np.random.default_rng(0)
+
+  def example(i):
+    def fill(f):
+      if isinstance(f, tfds.features.FeaturesDict):
+        return {k: fill(v) for k, v in f.items()}
+      if isinstance(f, tfds.features.Image):
+        return rng.integers(0, 256, f.shape).astype(np.uint8)
+      if isinstance(f, tfds.features.ClassLabel):
+        return int(rng.integers(0, f.num_classes))
+      if isinstance(f, tfds.features.Text):
+        return "x"
+      return np.zeros(f.shape, f.np_dtype)
+    return fill(feats)
+
+  splits = {"train": n, "test": max(n // 5, 2)}
+  if name == "celeb_a":
+    splits["validation"] = max(n // 8, 2)
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name=name, version=str(builder.info.version), features=feats,
+      split_datasets={s: tf.data.Dataset.from_generator(
+          lambda k=k: (example(i) for i in range(k)), output_signature=feats.get_tensor_spec())
+          for s, k in splits.items()}, data_dir=data_dir)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--n", type=int, default=10_000)
+  parser.add_argument("--out", default="benchmarks/data_load.json")
+  parser.add_argument("--datasets", default="mnist_offline,mnist,fashion_mnist,cifar10,celeb_a")
+  args = parser.parse_args()
+  rows = []
+  for name in args.datasets.split(","):
+    info = data.info(name)
+    size = info.paper_image_size
+    before = _rss_mb()
+    if info.source == "tfds":
+      with tempfile.TemporaryDirectory() as d:
+        _prepare(name, d, args.n)
+        t0 = time.perf_counter()
+        splits = data.load(name, size, data_dir=d)
+        seconds = time.perf_counter() - t0
+    else:
+      t0 = time.perf_counter()
+      splits = data.load(name, size)
+      seconds = time.perf_counter() - t0
+    n_loaded = len(splits["train"].images) + len(splits["valid"].images) + len(splits["test"].images)
+    full = info.train_size
+    row = {"dataset": name, "image_size": size, "examples_loaded": n_loaded,
+           "seconds": round(seconds, 2), "us_per_example": round(1e6 * seconds / n_loaded, 1),
+           "train_uint8_MB_full": round(data.memory_bytes(name, size) / 1e6, 1),
+           "train_float32_MB_full": round(4 * data.memory_bytes(name, size) / 1e6, 1),
+           "seconds_full_train_extrapolated": round(seconds / n_loaded * full, 1),
+           "peak_rss_MB": round(_rss_mb(), 0), "rss_growth_MB": round(_rss_mb() - before, 0)}
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  with open(args.out, "w") as f:
+    json.dump(rows, f, indent=2)
+  print(f"{'dataset':>14} {'s (loaded)':>10} {'us/ex':>7} {'full train s':>12} "
+        f"{'uint8 MB':>9} {'float32 MB':>10}")
+  for r in rows:
+    print(f"{r['dataset']:>14} {r['seconds']:>10} {r['us_per_example']:>7} "
+          f"{r['seconds_full_train_extrapolated']:>12} {r['train_uint8_MB_full']:>9} "
+          f"{r['train_float32_MB_full']:>10}")
+
+
+if __name__ == "__main__":
+  main()
