@@ -1,5 +1,18 @@
+import os
+import tempfile
+
 import jax
 import pytest
+
+# Many tests compile the same tiny round; a session-wide persistent compilation cache (also
+# used by the tests' subprocesses through the environment) compiles each program once.
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                               tempfile.mkdtemp(prefix="prism-jax-test-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 from prism_jax import client, features, generator, losses
 
