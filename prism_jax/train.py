@@ -58,6 +58,10 @@ def build(config):
   objective = client.Objective(model, extractor,
                                losses.get_loss(config.loss.name, **loss_kwargs),
                                config.local.estimator)
+  ev = config.get("eval") or {}
+  if ev.get("every") and ev.get("num_samples", 1000) <= 5:
+    raise ValueError(f"eval.num_samples must exceed the k=5 neighbours of precision/recall, "
+                     f"got {ev.get('num_samples')}")
   n = masking.num_weights(jax.eval_shape(lambda: generator.init_weights(model, 0)))
   local = client.LocalConfig(**{**config.local, "dp_noise_std": dp_noise_std(config, n)})
   return rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
@@ -130,6 +134,8 @@ def _check_resume(config, workdir: str) -> None:
   now = json.loads(json.dumps(config.to_dict()))
   diff = sorted(k for k in set(saved) | set(now)
                 if k not in RESUMABLE and saved.get(k) != now.get(k))
+  if (now.get("dp") or {}).get("epsilon") is not None and saved.get("rounds") != now.get("rounds"):
+    diff.append("rounds (the DP noise is calibrated to the number of rounds)")
   if diff:
     raise ValueError(f"cannot resume {workdir}: its config differs in {diff}; resume with "
                      "the saved config.json or start a new --workdir")
@@ -227,7 +233,8 @@ def train(config, workdir: str, resume: bool = False) -> dict:
 
   m = {}
   try:
-    if evaluator is not None and start == 0:
+    if evaluator is not None and start == 0 and not any(r.get("round") == 0
+                                                         for r in log.rows()):
       m0 = evaluate(0)
       log.append({"round": 0, **m0})
       progress.write("round 0: " + "  ".join(f"{k} {v:.4g}" for k, v in m0.items()))

@@ -207,3 +207,22 @@ def test_bad_config_fails_before_training(tmp_path):
   config.local.learning_rate = -1.0
   with pytest.raises(ValueError, match="learning_rate"):
     train.train(config, str(tmp_path / "run2"))
+  config = _tiny_config()
+  config.eval.every, config.eval.num_samples = 1, 5
+  with pytest.raises(ValueError, match="eval.num_samples must exceed"):
+    train.train(config, str(tmp_path / "run3"))
+  assert not (tmp_path / "run3").exists()
+
+
+def test_resume_refuses_new_rounds_when_dp_noise_was_calibrated(tmp_path):
+  config = _tiny_config()
+  config.dp.epsilon = 5.0
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  train._check_resume(config, str(tmp_path))            # same config: fine
+  config.rounds = 8
+  with pytest.raises(ValueError, match="DP noise is calibrated"):
+    train._check_resume(config, str(tmp_path))
+  config.dp.epsilon = None
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  config.rounds = 12                                     # without DP, more rounds resume
+  train._check_resume(config, str(tmp_path))
