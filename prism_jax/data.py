@@ -132,8 +132,12 @@ def prepare_command(name: str, data_dir: str | None = None) -> str:
 def _tf():
   """TensorFlow for tf.data only: hidden from accelerators so it never takes their memory."""
   import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+  for kind in ("GPU", "TPU"):
+    try:
+      if tf.config.list_physical_devices(kind):
+        tf.config.set_visible_devices([], kind)
+    except RuntimeError:   # TF already initialised its devices (an earlier load): keep them
+      pass
   return tf
 
 
