@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -19,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from prism_jax import cache
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -99,25 +100,24 @@ def domain(held_out_images: np.ndarray, held_out_labels: np.ndarray, num_classes
   def apply(params, x):
     return model.apply({"params": params}, x)
 
-  params = None
-  if cache_path and os.path.exists(cache_path):
-    try:
-      with np.load(cache_path) as f:
-        params = flax.traverse_util.unflatten_dict(
-            {tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files})
-      jax.eval_shape(apply, params, jnp.zeros((1, *held_out_images.shape[1:])))
-    except Exception:  # unreadable or stale cache: retrain
-      params = None
-  if params is None:
+  def train():
     params = train_domain_classifier(held_out_images, held_out_labels, num_classes, seed,
                                      epochs)
-    if cache_path:
-      os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-      flat = {"/".join(k): np.asarray(v)
-              for k, v in flax.traverse_util.flatten_dict(params).items()}
-      tmp = cache_path + ".tmp.npz"
-      np.savez(tmp, **flat)
-      os.replace(tmp, cache_path)
+    return {"/".join(k): np.asarray(v)
+            for k, v in flax.traverse_util.flatten_dict(params).items()}
+
+  def unflatten(flat):
+    return flax.traverse_util.unflatten_dict(
+        {tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
+
+  def valid(flat):   # a stale cache (other architecture / classes) is retrained
+    try:
+      jax.eval_shape(apply, unflatten(flat), jnp.zeros((1, *held_out_images.shape[1:])))
+      return True
+    except Exception:
+      return False
+
+  params = unflatten(cache.arrays(cache_path, train, valid))
   return Embedder("domain", apply, params)
 
 

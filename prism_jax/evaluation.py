@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from prism_jax import embedders, features, generator, metrics
+from prism_jax import cache, embedders, features, generator, metrics
 
 
 @dataclasses.dataclass
@@ -63,18 +63,9 @@ def make_evaluator(model, splits, num_classes: int, key: jax.Array, num_samples:
   test = splits["test"]
   real = test.images[:num_samples]
   tag = features.fingerprint(emb.name, emb.params)
-  real_path = os.path.join(cache_dir, f"real-emb-{dataset}-{size}-{len(real)}-{tag}.npy")
-  real_emb = None
-  if os.path.exists(real_path):
-    try:
-      real_emb = np.load(real_path)
-    except (OSError, ValueError):   # corrupt cache: recompute
-      real_emb = None
-  if real_emb is None or len(real_emb) != len(real):
-    real_emb = emb.embed(real)[0]
-    os.makedirs(cache_dir, exist_ok=True)
-    np.save(real_path + ".tmp.npy", real_emb)
-    os.replace(real_path + ".tmp.npy", real_path)
+  real_path = os.path.join(cache_dir, f"real-emb-{dataset}-{size}-{len(real)}-{tag}.npz")
+  real_emb = cache.arrays(real_path, lambda: {"emb": emb.embed(real)[0]},
+                          lambda a: len(a["emb"]) == len(real))["emb"]
   k_z, k_mask = jax.random.split(key)
   z = jax.random.normal(k_z, (num_samples, model.nz))
   return Evaluator(model, emb, real_emb, z, k_mask)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import vgg
+from prism_jax import cache, vgg
 
 
 def pixels(images: jax.Array) -> jax.Array:
@@ -113,19 +113,9 @@ def cached_client_stats(extractor: Extractor, images: np.ndarray, counts: np.nda
                         cache_dir: str | None, key: str) -> tuple[np.ndarray, np.ndarray]:
   """:func:`client_stats`, cached in ``cache_dir`` under ``key`` + the extractor's fingerprint
   (computed once per dataset / split / client; a corrupt cache file is recomputed)."""
-  if cache_dir is None:
-    return client_stats(extractor, images, counts)
-  path = os.path.join(cache_dir, f"real_stats-{key}-{extractor.fingerprint()}.npz")
-  if os.path.exists(path):
-    try:
-      with np.load(path) as f:
-        if f["mean"].shape[0] == len(counts):
-          return f["mean"], f["var"]
-    except (OSError, ValueError, KeyError):
-      pass
-  mean, var = client_stats(extractor, images, counts)
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, mean=mean, var=var)
-  os.replace(tmp, path)
-  return mean, var
+  path = (None if cache_dir is None else
+          os.path.join(cache_dir, f"real_stats-{key}-{extractor.fingerprint()}.npz"))
+  out = cache.arrays(path, lambda: dict(zip(("mean", "var"),
+                                            client_stats(extractor, images, counts))),
+                     lambda a: a["mean"].shape[0] == len(counts))
+  return out["mean"], out["var"]
