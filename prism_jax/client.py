@@ -74,8 +74,11 @@ class Objective:
   features: Any
   loss: Any
   estimator: masking.Estimator = "prob"
+  trains: str = "scores"   # "weights": the dense FedAvg baseline trains the weights themselves
 
   def __post_init__(self):
+    if self.trains not in ("scores", "weights"):
+      raise ValueError(f"trains must be 'scores' or 'weights', got {self.trains!r}")
     if not isinstance(self.features, feats.Extractor):
       fn = self.features
       object.__setattr__(self, "features", feats.Extractor(
@@ -94,16 +97,21 @@ class Objective:
   def init_loss_state(self):
     return self.loss.init(self.feature_dim())
 
-  def __call__(self, scores, weights, real, key: jax.Array, feature_params=None,
+  def __call__(self, params, weights, real, key: jax.Array, feature_params=None,
                loss_state=(), batch_size: int | None = None):
-    """Returns ``(loss, new_loss_state)``; ``real`` is an image batch, or ``(mean, var)``
-    of real features when ``uses_stats`` (then ``batch_size`` fakes are drawn)."""
+    """Returns ``(loss, new_loss_state)``; ``params`` are the scores over the frozen
+    ``weights`` (or, with ``trains="weights"``, the generator's dense weights); ``real`` is an
+    image batch, or ``(mean, var)`` of real features when ``uses_stats`` (then
+    ``batch_size`` fakes are drawn)."""
     feature_params = self.features.params if feature_params is None else feature_params
     k_z, k_mask = jax.random.split(key)
     n = batch_size if self.uses_stats else real.shape[0]
     z = jax.random.normal(k_z, (n, self.model.nz), jnp.float32)
-    fake = generator.generate(self.model, weights, scores, z, k_mask, "sample",
-                              self.estimator)
+    if self.trains == "weights":
+      fake = self.model.apply({"params": params}, z)
+    else:
+      fake = generator.generate(self.model, weights, params, z, k_mask, "sample",
+                                self.estimator)
     fake_feats = self.features.apply(feature_params, fake)
     if not self.uses_stats:
       chex.assert_equal_shape([real, fake])
@@ -162,7 +170,8 @@ def client_update(server_scores, weights, images, count, key, *, objective: Obje
   """Local training of one client (``lax.scan`` over ``cfg.local_steps``).
 
   Returns ``(upload, loss_state, metrics)``: the mask (or PRISM-alpha mix) to upload, the
-  client's persistent loss state (GFMN moving averages) and its local losses.
+  client's persistent loss state (GFMN moving averages) and its local losses. A dense
+  objective (``trains="weights"``: the FedAvg baseline) uploads its float32 weights.
   """
   k_steps, k_final = jax.random.split(key)
 
@@ -173,4 +182,6 @@ def client_update(server_scores, weights, images, count, key, *, objective: Obje
   state, losses_ = jax.lax.scan(body, client_init(server_scores, cfg, loss_state),
                                 jax.random.split(k_steps, cfg.local_steps), unroll=cfg.unroll)
   metrics = {"loss": jnp.mean(losses_), "loss_first": losses_[0], "loss_last": losses_[-1]}
+  if objective.trains == "weights":
+    return state.scores, state.loss_state, metrics
   return client_final(state, k_final, cfg, send_probs), state.loss_state, metrics

@@ -7,6 +7,7 @@ and cached.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -24,10 +25,11 @@ class Evaluator:
   mask_key: jax.Array
   batch_size: int = 500
   k: int = 5
+  dense: bool = False   # the FedAvg baseline: ``scores`` are the trained dense weights
 
   def __post_init__(self):
-    self._generate = jax.jit(lambda w, s, z: generator.generate(self.model, w, s, z,
-                                                                self.mask_key, "sample"))
+    self._generate = jax.jit(functools.partial(generator.images, self.model,
+                                               key=self.mask_key, dense=self.dense))
 
   def samples(self, weights, scores) -> np.ndarray:
     return np.concatenate([np.asarray(self._generate(weights, scores, self.z[i:i + self.batch_size]))
@@ -47,8 +49,8 @@ class Evaluator:
 
 def make_evaluator(model, splits, num_classes: int, key: jax.Array, num_samples: int,
                    cache_dir: str, dataset: str, inception_weights: str | None = None,
-                   domain_epochs: int = 3, domain_train_examples: int | None = None
-                   ) -> Evaluator:
+                   domain_epochs: int = 3, domain_train_examples: int | None = None,
+                   dense: bool = False) -> Evaluator:
   """Builds the embedder (Inception from a file, else the offline domain classifier) and
   the real test-split embeddings (cached)."""
   size = model.image_size
@@ -68,4 +70,4 @@ def make_evaluator(model, splits, num_classes: int, key: jax.Array, num_samples:
                           lambda a: len(a["emb"]) == len(real))["emb"]
   k_z, k_mask = jax.random.split(key)
   z = jax.random.normal(k_z, (num_samples, model.nz))
-  return Evaluator(model, emb, real_emb, z, k_mask)
+  return Evaluator(model, emb, real_emb, z, k_mask, dense=dense)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from prism_jax import client, generator, masking, server
+from prism_jax import baselines, client, generator, masking, server
 
 AXIS = "clients"
 
@@ -33,11 +33,13 @@ AXIS = "clients"
 class ServerState:
   """The simulation's state: the frozen network's seed, the global scores, the round
   counter and each client's persistent local loss state (leading axis K; ``()`` when the
-  loss has none; in a deployment it would stay on the clients)."""
+  loss has none; in a deployment it would stay on the clients). For the baselines,
+  ``scores`` holds the dense weights (``"fedavg"``) and ``aux`` FedPM's Beta posteriors."""
   seed: jax.Array    # int32 []; weights = generator.init_weights(model, seed)
   scores: Any        # PyTree like the generator's params
   round: jax.Array   # int32 []
   local_states: Any = ()
+  aux: Any = ()
 
 
 @flax.struct.dataclass
@@ -64,8 +66,22 @@ class Prism:
   alpha: float = 0.0                     # PRISM-alpha: last fraction of layers send theta
   client_chunk: int | None = None        # clients vmapped at once per device (lax.map over
                                          # chunks); None: all of a device's clients at once
+  method: str = "prism"                  # or a baseline: "fedpm" | "fedavg" (baselines.py)
+  fedpm_reset: int | None = None         # FedPM prior reset period; None: ceil(1 / q)
 
   def __post_init__(self):
+    baselines.check_method(self.method)
+    if self.method != "prism" and self.alpha > 0:
+      raise ValueError(f"PRISM-alpha (alpha={self.alpha}) applies to method 'prism' only, "
+                       f"not {self.method!r}")
+    if self.method == "fedavg":
+      if self.local.dp_noise_std > 0:
+        raise ValueError("DP noise is defined on mask probabilities; method 'fedavg' "
+                         "uploads dense weights and has no DP mechanism here")
+      object.__setattr__(self, "objective",
+                         dataclasses.replace(self.objective, trains="weights"))
+    if self.fedpm_reset is not None and self.fedpm_reset < 1:
+      raise ValueError(f"fedpm_reset must be >= 1, got {self.fedpm_reset}")
     if self.client_chunk is not None and self.client_chunk < 1:
       raise ValueError(f"client_chunk must be >= 1, got {self.client_chunk}")
     if not 0.0 <= self.alpha <= 1.0:
@@ -85,22 +101,36 @@ class Prism:
     return self.objective.model
 
 
+  @property
+  def sends_masks(self) -> bool:
+    """Whether clients upload binary masks (PRISM, FedPM) rather than dense weights."""
+    return self.method != "fedavg"
+
   def send_probs(self, weights):
-    """PRISM-alpha's per-layer choice (bools), or None when every layer sends bits."""
+    """Per-layer choice of float32 uploads (bools): PRISM-alpha's last layers, every layer
+    for dense FedAvg; None when every layer sends bits."""
+    if not self.sends_masks:
+      return jax.tree.map(lambda _: True, weights)
     return generator.prob_layers(weights, self.alpha) if self.alpha > 0 else None
 
 
 def init_state(model: generator.ResNetGenerator, seed: int, key: jax.Array,
                score_std: float = 1.0, prism: Prism | None = None) -> ServerState:
   """Round-0 state: scores ~ N(0, score_std^2) over the weights generated from ``seed``;
-  with ``prism``, also every client's initial loss state (e.g. GFMN moving averages)."""
+  with ``prism``, also every client's initial loss state (e.g. GFMN moving averages) and
+  the baselines' state (FedPM: Beta(1, 1) priors; FedAvg: the seed's weights, trained)."""
   weights = jax.eval_shape(lambda: generator.init_weights(model, seed))
-  local = ()
+  scores = generator.init_scores(key, weights, score_std)
+  local, aux = (), ()
   if prism is not None:
     one = prism.objective.init_loss_state()
     local = jax.tree.map(lambda x: jnp.broadcast_to(x, (prism.num_clients, *x.shape)), one)
-  return ServerState(jnp.asarray(seed, jnp.int32), generator.init_scores(key, weights, score_std),
-                     jnp.zeros((), jnp.int32), local)
+    if prism.method == "fedavg":
+      scores = generator.init_weights(model, seed)
+    elif prism.method == "fedpm":
+      aux = baselines.beta_init(scores)
+  return ServerState(jnp.asarray(seed, jnp.int32), scores, jnp.zeros((), jnp.int32), local,
+                     aux)
 
 
 def client_mesh(devices=None) -> Mesh:
@@ -143,6 +173,8 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
   weights_shape = jax.eval_shape(lambda: generator.init_weights(prism.model, 0))
   update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
                              send_probs=prism.send_probs(weights_shape))
+  fedpm_reset = prism.fedpm_reset or baselines.fedpm_reset_every(prism.num_clients,
+                                                                 prism.per_round)
 
   def one_client(scores, weights, feature_params, images, count, real_stats, loss_state, key):
     return update(scores, weights, images, count, key, feature_params=feature_params,
@@ -186,14 +218,23 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
       target = jnp.where(slot_weights > 0, idx, prism.num_clients)
       local_states = jax.tree.map(lambda all_, new: all_.at[target].set(new, mode="drop"),
                                   state.local_states, local_states)
-    scores, theta_hat, lam = server.server_update(k_server, state.scores, uploads, slot_weights,
-                                                  prism.server)
     w = slot_weights / jnp.sum(slot_weights)
     metrics = {name: jnp.dot(w, v) for name, v in cm.items()}
-    metrics.update(mada_lambda=lam,
-                   density=masking.mean_over_weights(theta_hat),
-                   mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
-    return ServerState(state.seed, scores, state.round + 1, local_states), metrics
+    aux = state.aux
+    if prism.method == "fedavg":
+      scores = baselines.fedavg_update(uploads, slot_weights)
+    else:
+      if prism.method == "fedpm":
+        theta_hat, aux = baselines.fedpm_update(aux, uploads, slot_weights, state.round,
+                                                fedpm_reset, prism.server.smoothing)
+        scores, lam = server.scores_from_probs(theta_hat), jnp.ones((), jnp.float32)
+      else:
+        scores, theta_hat, lam = server.server_update(k_server, state.scores, uploads,
+                                                      slot_weights, prism.server)
+      metrics.update(mada_lambda=lam,
+                     density=masking.mean_over_weights(theta_hat),
+                     mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
+    return ServerState(state.seed, scores, state.round + 1, local_states, aux), metrics
 
   jitted = jax.jit(round_step)
   replicated = NamedSharding(mesh, P())

@@ -75,8 +75,10 @@ class Progress:
   def update(self, r: int, m: dict) -> None:
     done = r - self.start
     eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - r)
-    info = (f"loss {m['loss']:.4f}  lambda {m['mada_lambda']:.3f}  "
-            f"H(mask) {m['mask_entropy_bits']:.3f} bit/w")
+    info = f"loss {m['loss']:.4f}"
+    if "mada_lambda" in m:   # mask methods (not dense FedAvg)
+      info += (f"  lambda {m['mada_lambda']:.3f}  "
+               f"H(mask) {m['mask_entropy_bits']:.3f} bit/w")
     if "dp_epsilon" in m:
       info += f"  eps {m['dp_epsilon']:.3g}"
     if self.bar is not None:

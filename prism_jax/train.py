@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from prism_jax import (checkpoint, client, communication, data, dp, evaluation, export,
+from prism_jax import (baselines, checkpoint, client, communication, data, dp, evaluation, export,
                        features, generator, losses, masking, partition, runlog, server,
                        visualize)
 from prism_jax import round as rnd
@@ -63,10 +63,15 @@ def build(config):
     raise ValueError(f"eval.num_samples must exceed the k=5 neighbours of precision/recall, "
                      f"got {ev.get('num_samples')}")
   n = masking.num_weights(jax.eval_shape(lambda: generator.init_weights(model, 0)))
+  method = config.get("method", "prism")
+  baselines.check_method(method)
+  if method == "fedavg" and (config.get("dp") or {}).get("epsilon") is not None:
+    raise ValueError("config.dp.epsilon is set but method 'fedavg' has no DP mechanism here")
   local = client.LocalConfig(**{**config.local, "dp_noise_std": dp_noise_std(config, n)})
   return rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
                    config.num_clients, config.get("clients_per_round"),
-                   config.get("prism_alpha", 0.0))
+                   config.get("prism_alpha", 0.0), method=method,
+                   fedpm_reset=config.get("fedpm_reset"))
 
 
 def cache_dir(config) -> str:
@@ -193,8 +198,8 @@ def train(config, workdir: str, resume: bool = False) -> dict:
   n_prob = sum(x.size for p, x in zip(jax.tree.leaves(send_probs or {}),
                                       jax.tree.leaves(state.scores)) if p)
   comm = communication.round_bits(n, prism.per_round, n_prob)
-  print(f"generator: {n:,} masked weights; upload {comm['bits_up_per_client']:,} bits/client/"
-        f"round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
+  print(f"{prism.method}: generator with {n:,} weights; upload {comm['bits_up_per_client']:,} "
+        f"bits/client/round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
   dp_cfg = config.get("dp") or {}
   sigma, delta = prism.local.dp_noise_std, dp_cfg.get("delta", 1e-5)
 
@@ -210,15 +215,16 @@ def train(config, workdir: str, resume: bool = False) -> dict:
           f"{config.rounds} rounds {privacy(config.rounds)['dp_epsilon']:.4g} at delta {delta}")
 
   weights = generator.init_weights(model, config.seed)
+  dense = not prism.sends_masks
   ev = config.get("eval") or {}
   evaluator = None
   if ev.get("every"):
     evaluator = evaluation.make_evaluator(
         model, splits, data.info(config.dataset).num_classes, k_eval, ev.get("num_samples", 1000),
         cache_dir(config), config.dataset, ev.get("inception_weights"),
-        ev.get("domain_epochs", 3), ev.get("domain_train_examples"))
+        ev.get("domain_epochs", 3), ev.get("domain_train_examples"), dense=dense)
   z = jax.random.normal(k_eval, (config.num_samples, model.nz))
-  sample = jax.jit(lambda w, s: generator.generate(model, w, s, z, k_eval, "sample"))
+  sample = jax.jit(lambda w, s: generator.images(model, w, s, z, k_eval, dense))
   log = runlog.MetricsFile(os.path.join(workdir, "metrics.jsonl"), start if resume else None)
   tb = runlog.TensorBoard(os.path.join(workdir, "tb"), start)
   progress = runlog.Progress(config.rounds, start)
@@ -257,7 +263,8 @@ def train(config, workdir: str, resume: bool = False) -> dict:
       log.append(m)
       tb.scalars({k: v for k, v in m.items() if k != "round" and "_fid" not in k
                   and not k.startswith(("domain_", "inception_"))}, r + 1, "train/")
-      tb.scalars({f"mask/{k}": v for k, v in layer_density(state.scores).items()}, r + 1)
+      if not dense:
+        tb.scalars({f"mask/{k}": v for k, v in layer_density(state.scores).items()}, r + 1)
       progress.update(r + 1, m)
       if config.sample_every and ((r + 1) % config.sample_every == 0 or last):
         images = np.asarray(sample(weights, state.scores))
@@ -271,13 +278,17 @@ def train(config, workdir: str, resume: bool = False) -> dict:
     progress.close()
     tb.close()
 
-  final = export.final_mask(k_final, state.scores)
-  model_bytes = export.save_model(os.path.join(workdir, "model.npz"), model, config.seed, final)
-  final_images = jax.jit(lambda w, m: generator.apply_binary(model, w, m, z))(weights, final)
+  if dense:
+    model_bytes = export.save_dense(os.path.join(workdir, "model.npz"), model, state.scores)
+    final_images = sample(weights, state.scores)
+  else:
+    final = export.final_mask(k_final, state.scores)
+    model_bytes = export.save_model(os.path.join(workdir, "model.npz"), model, config.seed, final)
+    final_images = jax.jit(lambda w, m: generator.apply_binary(model, w, m, z))(weights, final)
   visualize.save_grid(np.asarray(final_images), os.path.join(workdir, "samples.png"))
   rows = log.rows()
   visualize.save_curves(rows, os.path.join(workdir, "curves.png"))
-  summary = {"rounds": config.rounds, "num_weights": n, "resumed_at": start if resume else None,
+  summary = {"method": prism.method, "rounds": config.rounds, "num_weights": n, "resumed_at": start if resume else None,
              "seconds_total": time.perf_counter() - t_start,
              "seconds_per_round": float(np.median(seconds[1:] or seconds or [0.0])),
              "seconds_per_eval": float(np.median(eval_seconds)) if eval_seconds else None,

@@ -45,6 +45,11 @@ def get_config():
   c.dp = ml_collections.ConfigDict(dict(
       epsilon=ml_collections.config_dict.placeholder(float), delta=1e-5, accountant="rdp",
       sensitivity=ml_collections.config_dict.placeholder(float)))   # None: sqrt(#weights)
+  # Algorithm: PRISM, or a baseline in the same round (prism_jax.baselines): "fedpm"
+  # (Beta-posterior mask aggregation) or "fedavg" (dense weights trained and averaged;
+  # set local.learning_rate for weights, e.g. 1e-3).
+  c.method = "prism"
+  c.fedpm_reset = ml_collections.config_dict.placeholder(int)   # None: ceil(1 / q) rounds
   # Server.
   c.mada = True
   c.smoothing = 0.01
