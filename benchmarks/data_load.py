@@ -15,43 +15,12 @@ import resource
 import tempfile
 import time
 
-import numpy as np
 
-from prism_jax import data
+from prism_jax import data, tfds_fixture
 
 
 def _rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _prepare(name: str, data_dir: str, n: int) -> None:
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-  builder = tfds.builder(name, data_dir=data_dir)
-  feats = builder.info.features
-  rng = np.random.default_rng(0)
-
-  def example(i):
-    def fill(f):
-      if isinstance(f, tfds.features.FeaturesDict):
-        return {k: fill(v) for k, v in f.items()}
-      if isinstance(f, tfds.features.Image):
-        return rng.integers(0, 256, f.shape).astype(np.uint8)
-      if isinstance(f, tfds.features.ClassLabel):
-        return int(rng.integers(0, f.num_classes))
-      if isinstance(f, tfds.features.Text):
-        return "x"
-      return np.zeros(f.shape, f.np_dtype)
-    return fill(feats)
-
-  splits = {"train": n, "test": max(n // 5, 2)}
-  if name == "celeb_a":
-    splits["validation"] = max(n // 8, 2)
-  tfds.dataset_builders.store_as_tfds_dataset(
-      name=name, version=str(builder.info.version), features=feats,
-      split_datasets={s: tf.data.Dataset.from_generator(
-          lambda k=k: (example(i) for i in range(k)), output_signature=feats.get_tensor_spec())
-          for s, k in splits.items()}, data_dir=data_dir)
 
 
 def main():
@@ -67,7 +36,10 @@ def main():
     before = _rss_mb()
     if info.source == "tfds":
       with tempfile.TemporaryDirectory() as d:
-        _prepare(name, d, args.n)
+        sizes = {"train": args.n, "test": max(args.n // 5, 2)}
+        if name == "celeb_a":
+          sizes["validation"] = max(args.n // 8, 2)
+        tfds_fixture.write(name, d, sizes, content="noise")
         t0 = time.perf_counter()
         splits = data.load(name, size, data_dir=d)
         seconds = time.perf_counter() - t0

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from prism_jax import data
+from prism_jax import data, tfds_fixture
 
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -10,47 +10,10 @@ tfds = pytest.importorskip("tensorflow_datasets")
 TFDS_NAMES = ["mnist", "fashion_mnist", "cifar10", "celeb_a"]
 
 
-def _fill(feature, label, value):
-  """One example for a tfds feature spec: images constant ``value`` (CelebA: only the
-  central 160x160 crop, border black), the label (CelebA: "Male"), zeros elsewhere."""
-  if isinstance(feature, tfds.features.FeaturesDict):
-    return {k: (label if k in ("label", data.CELEBA_LABEL) else _fill(f, label, value))
-            for k, f in feature.items()}
-  if isinstance(feature, tfds.features.Image):
-    h, w, c = feature.shape
-    image = np.zeros((h, w, c), np.uint8)
-    top, left = (h - data.CELEBA_CROP) // 2, (w - data.CELEBA_CROP) // 2
-    if min(h, w) > data.CELEBA_CROP:
-      image[top:top + data.CELEBA_CROP, left:left + data.CELEBA_CROP] = value
-    else:
-      image[:] = value
-    return image
-  if isinstance(feature, tfds.features.Text):
-    return "x"
-  return np.zeros(feature.shape, feature.np_dtype)
-
-
-def _prepare(name, data_dir, sizes):
-  """Writes a prepared tfds dataset ``name`` (its real features and version) to data_dir."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  num_classes = data.INFO[name].num_classes
-  rng = np.random.default_rng(0)
-  split_datasets = {}
-  for split, n in sizes.items():
-    labels = rng.integers(0, num_classes, n)
-    examples = [_fill(builder.info.features, int(y) if name != "celeb_a" else bool(y),
-                      10 + 24 * int(y)) for y in labels]
-    split_datasets[split] = tf.data.Dataset.from_generator(
-        lambda ex=examples: iter(ex), output_signature=builder.info.features.get_tensor_spec())
-  tfds.dataset_builders.store_as_tfds_dataset(
-      name=name, version=str(builder.info.version), features=builder.info.features,
-      split_datasets=split_datasets, data_dir=data_dir)
-
-
 @pytest.mark.parametrize("name", TFDS_NAMES)
 def test_tfds_load_resize_crop_scale_split(name, tmp_path):
   sizes = {"train": 12, "test": 8} | ({"validation": 6} if name == "celeb_a" else {})
-  _prepare(name, str(tmp_path), sizes)
+  tfds_fixture.write(name, str(tmp_path), sizes)
   splits = data.load(name, 16, data_dir=str(tmp_path))
   info = data.info(name)
   expect = {"train": 12, "valid": 6 if name == "celeb_a" else 4,
