@@ -136,11 +136,18 @@ def _total_bits(s: dict) -> int:
   return s["rounds"] * (s["bits_up"] + s["bits_down"])
 
 
+def _coded(s: dict) -> str:
+  if "coded_bits_per_weight_last" not in s:
+    return "-"
+  return f"{s['coded_bits_per_weight_first']:.3f} -> {s['coded_bits_per_weight_last']:.3f}"
+
+
 def main_table(results: list[dict]) -> list[str]:
   lines = ["| dataset | split | method | domain-FID | precision | recall | density | coverage "
-           "| upload bits / client / round | total bits, all rounds (up + down) | final model "
-           "bytes (% of dense) | epsilon (delta) | wall time |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| upload bits / client / round | entropy-coded bits / weight (first -> last round) "
+           "| total bits, all rounds (up + down) | final model bytes (% of dense) "
+           "| epsilon (delta) | wall time |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     s, run = r["summary"], r["run"]
     eps = s.get("dp_epsilon")
@@ -148,7 +155,7 @@ def main_table(results: list[dict]) -> list[str]:
         f"| {r['config']['dataset']} | {run.split} | {run.label} | {_fmt(s.get('domain_fid'))} "
         f"| {_fmt(s.get('domain_precision'))} | {_fmt(s.get('domain_recall'))} "
         f"| {_fmt(s.get('domain_density'))} | {_fmt(s.get('domain_coverage'))} "
-        f"| {s['bits_up_per_client']:,} | {_total_bits(s):.3g} "
+        f"| {s['bits_up_per_client']:,} | {_coded(s)} | {_total_bits(s):.3g} "
         f"| {s['model_bytes']:,} ({100 * s['model_fraction_of_dense']:.1f}%) "
         f"| {_fmt(eps) + ' (' + _fmt(s.get('dp_delta')) + ')' if eps else '-'} "
         f"| {s['seconds_total'] / 60:.1f} min |")

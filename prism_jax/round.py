@@ -165,8 +165,20 @@ def _mean_entropy_bits(theta) -> jax.Array:
   return masking.mean_over_weights(jax.tree.map(h, theta))
 
 
-def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
-  """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``."""
+def packed_masks(uploads) -> jax.Array:
+  """The bool leaves of uploads ``[K, ...]`` as packed bits ``[K, ceil(n / 8)]`` (uint8),
+  leaves in PyTree order: what leaves the device when the host entropy-codes the uploads."""
+  bits = [u.reshape(u.shape[0], -1) for u in jax.tree.leaves(uploads) if u.dtype == jnp.bool_]
+  return jnp.packbits(jnp.concatenate(bits, axis=1), axis=1)
+
+
+def make_round_step(prism: Prism, mesh: Mesh | None = None,
+                    with_uploads: bool = False) -> Callable:
+  """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``.
+
+  It returns ``(server_state, metrics)``; with ``with_uploads`` also
+  ``(packed_masks [slots, bytes], client_ids [slots])`` (id -1: empty slot), for host-side
+  entropy coding (:mod:`prism_jax.coding`)."""
   mesh = client_mesh() if mesh is None else mesh
   per_slot_group = mesh.size * (prism.client_chunk or 1)
   slots = math.ceil(prism.per_round / per_slot_group) * per_slot_group
@@ -234,7 +246,11 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None) -> Callable:
       metrics.update(mada_lambda=lam,
                      density=masking.mean_over_weights(theta_hat),
                      mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
-    return ServerState(state.seed, scores, state.round + 1, local_states, aux), metrics
+    new_state = ServerState(state.seed, scores, state.round + 1, local_states, aux)
+    if with_uploads:
+      ids = jnp.where(slot_weights > 0, idx, -1)
+      return new_state, metrics, (packed_masks(uploads), ids)
+    return new_state, metrics
 
   jitted = jax.jit(round_step)
   replicated = NamedSharding(mesh, P())

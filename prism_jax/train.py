@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from prism_jax import (baselines, checkpoint, client, communication, data, dp, evaluation, export,
+from prism_jax import (baselines, checkpoint, client, coding, communication, data, dp, evaluation, export,
                        features, generator, losses, masking, partition, runlog, server,
                        visualize)
 from prism_jax import round as rnd
@@ -129,7 +130,7 @@ def _write_json(path, obj):
 
 
 # Config fields a resumed run may change (they do not change the computation).
-RESUMABLE = ("rounds", "sample_every", "checkpoint_every", "keep_checkpoints", "eval",
+RESUMABLE = ("rounds", "sample_every", "checkpoint_every", "keep_checkpoints", "eval", "coding",
              "cache_dir", "data_dir", "download")
 
 
@@ -192,12 +193,16 @@ def train(config, workdir: str, resume: bool = False) -> dict:
 
   mesh = rnd.client_mesh()
   client_data = rnd.shard_client_data(client_data, mesh)
-  round_step = rnd.make_round_step(prism, mesh)
+  coding_cfg = config.get("coding") or {}
+  coded = bool(coding_cfg.get("enabled")) and prism.sends_masks
+  round_step = rnd.make_round_step(prism, mesh, with_uploads=coded)
   n = masking.num_weights(state.scores)
   send_probs = prism.send_probs(state.scores)
+  sends_bits = [not p for p in jax.tree.leaves(send_probs)] if send_probs else None
   n_prob = sum(x.size for p, x in zip(jax.tree.leaves(send_probs or {}),
                                       jax.tree.leaves(state.scores)) if p)
   comm = communication.round_bits(n, prism.per_round, n_prob)
+  coder = concurrent.futures.ThreadPoolExecutor(1) if coded else None
   print(f"{prism.method}: generator with {n:,} weights; upload {comm['bits_up_per_client']:,} "
         f"bits/client/round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
   dp_cfg = config.get("dp") or {}
@@ -246,7 +251,11 @@ def train(config, workdir: str, resume: bool = False) -> dict:
       progress.write("round 0: " + "  ".join(f"{k} {v:.4g}" for k, v in m0.items()))
     for r in range(start, config.rounds):
       t0 = time.perf_counter()
-      new_state, m = round_step(state, client_data, jax.random.fold_in(k_rounds, r))
+      new_state, m, *uploads = round_step(state, client_data, jax.random.fold_in(k_rounds, r))
+      if coded:   # host-side entropy coding of the uploads, overlapping the host work below
+        packed, ids = jax.device_get(uploads[0])
+        coding_job = coder.submit(coding.code_uploads, packed, ids, coding.model_from_scores(
+            state.scores, sends_bits, coding_cfg.get("floor", 1e-3)))
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       if not all(math.isfinite(v) for v in m.values()):
         bad = [k for k, v in m.items() if not math.isfinite(v)]
@@ -260,6 +269,9 @@ def train(config, workdir: str, resume: bool = False) -> dict:
       last = r + 1 == config.rounds
       if evaluator is not None and ((r + 1) % ev["every"] == 0 or last):
         m.update(evaluate(r + 1))
+      if coded:
+        m.update(coding_job.result())
+        m["coded_bits_up"] += communication.FLOAT_BITS * n_prob * prism.per_round
       log.append(m)
       tb.scalars({k: v for k, v in m.items() if k != "round" and "_fid" not in k
                   and not k.startswith(("domain_", "inception_"))}, r + 1, "train/")
@@ -275,6 +287,8 @@ def train(config, workdir: str, resume: bool = False) -> dict:
         checkpoint.save(ckpt, r + 1, state)
         ckpt_seconds.append(time.perf_counter() - t0)
   finally:
+    if coder is not None:
+      coder.shutdown()
     progress.close()
     tb.close()
 
@@ -298,6 +312,12 @@ def train(config, workdir: str, resume: bool = False) -> dict:
              "dp_noise_std": sigma, **comm, **privacy(config.rounds)}
   summary.update({k: v for k, v in rows[-1].items() if k.startswith(("domain_", "inception_"))}
                  if rows else {})
+  coded_rows = [row for row in rows if "coded_bits_per_weight" in row]
+  if coded_rows:
+    summary.update({f"coded_bits_per_weight_{w}": coded_rows[i]["coded_bits_per_weight"]
+                    for w, i in (("first", 0), ("middle", len(coded_rows) // 2), ("last", -1))})
+    summary["coding_seconds_per_round"] = float(np.median([row["coding_seconds"]
+                                                           for row in coded_rows]))
   summary["model_fraction_of_dense"] = model_bytes / summary["dense_float32_bytes"]
   _write_json(os.path.join(workdir, "summary.json"), summary)
   print(f"done: {summary['seconds_total']:.0f}s; model {model_bytes:,} bytes = "
