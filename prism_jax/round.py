@@ -165,6 +165,28 @@ def _mean_entropy_bits(theta) -> jax.Array:
   return masking.mean_over_weights(jax.tree.map(h, theta))
 
 
+def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_weights):
+  """The server's half of a round, from the uploads ``[K, ...]`` (slot weight 0: empty):
+  PRISM's aggregation + MADA, or a baseline's rule. Returns the state with new global
+  parameters (and FedPM's posteriors), the round counter advanced, and server metrics."""
+  aux, metrics = state.aux, {}
+  if prism.method == "fedavg":
+    scores = baselines.fedavg_update(uploads, slot_weights)
+  else:
+    if prism.method == "fedpm":
+      reset = prism.fedpm_reset or baselines.fedpm_reset_every(prism.num_clients,
+                                                               prism.per_round)
+      theta_hat, aux = baselines.fedpm_update(aux, uploads, slot_weights, state.round, reset,
+                                              prism.server.smoothing)
+      scores, lam = server.scores_from_probs(theta_hat), jnp.ones((), jnp.float32)
+    else:
+      scores, theta_hat, lam = server.server_update(key, state.scores, uploads, slot_weights,
+                                                    prism.server)
+    metrics = dict(mada_lambda=lam, density=masking.mean_over_weights(theta_hat),
+                   mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
+  return state.replace(scores=scores, round=state.round + 1, aux=aux), metrics
+
+
 def packed_masks(uploads) -> jax.Array:
   """The bool leaves of uploads ``[K, ...]`` as packed bits ``[K, ceil(n / 8)]`` (uint8),
   leaves in PyTree order: what leaves the device when the host entropy-codes the uploads."""
@@ -185,8 +207,6 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   weights_shape = jax.eval_shape(lambda: generator.init_weights(prism.model, 0))
   update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
                              send_probs=prism.send_probs(weights_shape))
-  fedpm_reset = prism.fedpm_reset or baselines.fedpm_reset_every(prism.num_clients,
-                                                                 prism.per_round)
 
   def one_client(scores, weights, feature_params, images, count, real_stats, loss_state, key):
     return update(scores, weights, images, count, key, feature_params=feature_params,
@@ -232,21 +252,9 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
                                   state.local_states, local_states)
     w = slot_weights / jnp.sum(slot_weights)
     metrics = {name: jnp.dot(w, v) for name, v in cm.items()}
-    aux = state.aux
-    if prism.method == "fedavg":
-      scores = baselines.fedavg_update(uploads, slot_weights)
-    else:
-      if prism.method == "fedpm":
-        theta_hat, aux = baselines.fedpm_update(aux, uploads, slot_weights, state.round,
-                                                fedpm_reset, prism.server.smoothing)
-        scores, lam = server.scores_from_probs(theta_hat), jnp.ones((), jnp.float32)
-      else:
-        scores, theta_hat, lam = server.server_update(k_server, state.scores, uploads,
-                                                      slot_weights, prism.server)
-      metrics.update(mada_lambda=lam,
-                     density=masking.mean_over_weights(theta_hat),
-                     mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
-    new_state = ServerState(state.seed, scores, state.round + 1, local_states, aux)
+    new_state, server_metrics = server_step(prism, k_server, state, uploads, slot_weights)
+    metrics.update(server_metrics)
+    new_state = new_state.replace(local_states=local_states)
     if with_uploads:
       ids = jnp.where(slot_weights > 0, idx, -1)
       return new_state, metrics, (packed_masks(uploads), ids)
