@@ -48,10 +48,10 @@ def _mnist_cpu() -> list[Run]:
     if split != "shards":
       runs += [Run(f"{split}-fedpm", "mnist", s + ",fedpm", label="FedPM (Beta posterior)"),
                Run(f"{split}-fedavg", "mnist", s + ",fedavg", label="dense FedAvg")]
-  runs += [Run("iid-alpha", "mnist", "iid,offline,cpu,alpha", label="PRISM-alpha (0.25)"),
-           Run("dirichlet-dp", "mnist", "dirichlet,offline,cpu,dp", label="PRISM, DP eps 9.8"),
+  runs += [Run("dirichlet-dp", "mnist", "dirichlet,offline,cpu,dp", label="PRISM, DP eps 9.8"),
            Run("dirichlet-dp-sigma0.05", "mnist", "dirichlet,offline,cpu",
-               (("local.dp_noise_std", 0.05),), label="PRISM, DP sigma 0.05")]
+               (("local.dp_noise_std", 0.05),), label="PRISM, DP sigma 0.05"),
+           Run("iid-alpha", "mnist", "iid,offline,cpu,alpha", label="PRISM-alpha (0.25)")]
   return runs
 
 

@@ -1,0 +1,258 @@
+"""Deployment with Flower (``flwr``): the library's client update and server step on separate
+processes or machines, exchanging entropy-coded masks.
+
+* :func:`client_app`: a ``ClientApp`` whose train handler receives the global scores and the
+  round's client key, runs the jitted :func:`prism_jax.client.client_update` on the node's
+  own data (``load_data(client_id)``) and replies with its mask coded against the broadcast
+  theta (:mod:`prism_jax.coding`; PRISM-alpha's probability layers as float32 arrays). A
+  loss state (GFMN moving averages) stays on the node, in the Flower ``Context``.
+* :func:`server_app`: a ``ServerApp`` that runs the rounds: picks clients exactly as the
+  simulator does, broadcasts, decodes the replies and applies
+  :func:`prism_jax.round.server_step` (aggregation + MADA, or FedPM), with the privacy
+  accountant's epsilon logged per round.
+
+Keys are derived as in :func:`prism_jax.train.train` (``train_seed`` -> round key -> client
+key by client id), so for the same config, seeds and data a Flower run reproduces the
+jitted simulation. A node's client id is its ``partition-id`` node config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prism_jax import client, coding, dp, generator
+from prism_jax import round as rnd
+
+SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOSS_STATE = (
+    "scores", "config", "upload", "probs", "metrics", "loss_state")
+_NODE_CACHE: dict = {}   # (deployment fingerprint, client id) -> compiled update, data
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+  """What server and clients agree on: the algorithm and the seeds (all from one config)."""
+  prism: rnd.Prism
+  seed: int = 0            # the frozen weights' seed
+  train_seed: int = 0      # the round and client keys
+  rounds: int = 10
+  score_std: float = 1.0
+  coding_floor: float = 1e-3
+  dp_delta: float = 1e-5
+
+  def __post_init__(self):
+    if not self.prism.sends_masks:
+      raise ValueError("the Flower adapter exchanges masks; method 'fedavg' is not supported")
+
+  @classmethod
+  def from_config(cls, config) -> "Deployment":
+    from prism_jax import train
+    return cls(train.build(config), config.seed, config.train_seed, config.rounds,
+               config.score_std, (config.get("coding") or {}).get("floor", 1e-3),
+               (config.get("dp") or {}).get("delta", 1e-5))
+
+  @functools.cached_property
+  def like(self):
+    """Shapes of the masked weights (structure of scores and masks)."""
+    return jax.eval_shape(lambda: generator.init_weights(self.prism.model, 0))
+
+  @functools.cached_property
+  def bit_leaves(self) -> list[bool]:
+    probs = self.prism.send_probs(self.like)
+    return [not p for p in jax.tree.leaves(probs)] if probs else [True] * len(
+        jax.tree.leaves(self.like))
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """Identifies the deployment across processes (the app may be re-created per message)."""
+    p = self.prism
+    desc = (p.model, p.local, p.server, p.method, p.alpha, p.num_clients, p.per_round,
+            p.objective.features.name, p.objective.uses_stats, p.objective.estimator, self.seed)
+    return hashlib.sha1(repr(desc).encode()).hexdigest()
+
+  def keys(self):
+    """``(k_init, k_rounds)`` exactly as :func:`prism_jax.train.train` splits them."""
+    k_init, k_rounds, _, _ = jax.random.split(jax.random.key(self.train_seed), 4)
+    return k_init, k_rounds
+
+
+def _arrays(tree) -> list[np.ndarray]:
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _tree(arrays, like):
+  return jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(a) for a in arrays])
+
+
+def split_data(data: rnd.ClientData, client_id: int) -> tuple:
+  """``load_data`` for a node that takes its share of a simulator ``ClientData``."""
+  n = int(data.counts[client_id])
+  stats = jax.tree.map(lambda x: x[client_id], data.real_stats)
+  return np.asarray(data.images[client_id, :n]), stats
+
+
+def client_app(dep: Deployment, load_data: Callable[[int], tuple]):
+  """The ``ClientApp``. ``load_data(client_id) -> (images [N, H, W, C] uint8, real_stats)``
+  gives a node its own data (``real_stats`` ``()`` unless the loss uses statistics)."""
+  from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+  from flwr.clientapp import ClientApp
+
+  prism = dep.prism
+  app = ClientApp()
+
+  @app.query()
+  def query(msg: Message, context) -> Message:
+    """Tells the server this node's client id."""
+    cid = int(context.node_config["partition-id"])
+    return Message(RecordDict({CONFIG: ConfigRecord({"client_id": cid})}), reply_to=msg)
+
+  @app.train()
+  def train(msg: Message, context) -> Message:
+    cid = int(context.node_config["partition-id"])
+    # Flower may rebuild the app for every message: the compiled update, the frozen
+    # weights and the node's data are kept per process and deployment.
+    cache = _NODE_CACHE.setdefault((dep.fingerprint, cid), {})
+    if not cache:
+      images, real_stats = load_data(cid)
+      cache.update(data=(jnp.asarray(images), real_stats),
+                   weights=generator.init_weights(prism.model, dep.seed),
+                   update=jax.jit(functools.partial(
+                       client.client_update, objective=prism.objective, cfg=prism.local,
+                       send_probs=prism.send_probs(dep.like))))
+    images, real_stats = cache["data"]
+    cfg = msg.content[CONFIG]
+    scores = _tree(msg.content[SCORES].to_numpy_ndarrays(), dep.like)
+    k_clients = jax.random.wrap_key_data(np.asarray(cfg["client_key"], np.uint32))
+    loss_state = prism.objective.init_loss_state()
+    if LOSS_STATE in context.state:
+      loss_state = _tree(context.state[LOSS_STATE].to_numpy_ndarrays(), loss_state)
+    t0 = time.perf_counter()
+    upload, loss_state, metrics = cache["update"](
+        scores, cache["weights"], images, jnp.int32(len(images)),
+        jax.random.fold_in(k_clients, cid), feature_params=prism.objective.features.params,
+        real_stats=real_stats, loss_state=loss_state)
+    jax.block_until_ready(upload)
+    seconds = time.perf_counter() - t0
+    if jax.tree.leaves(loss_state):
+      context.state[LOSS_STATE] = ArrayRecord(_arrays(loss_state))
+    leaves = jax.tree.leaves(upload)
+    masks = [m for m, b in zip(leaves, dep.bit_leaves) if b]
+    probs = [p for p, b in zip(leaves, dep.bit_leaves) if not b]
+    theta = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(scores), dep.bit_leaves) if b]
+    payload = coding.encode(masks, theta, dep.coding_floor)
+    content = RecordDict({
+        UPLOAD: ConfigRecord({"mask": payload, "client_id": cid}),
+        PROBS: ArrayRecord([np.asarray(p, np.float32) for p in probs]),
+        METRICS: MetricRecord({**{k: float(v) for k, v in metrics.items()},
+                               "client_seconds": seconds,
+                               "coded_bits": coding.payload_bits(payload)})})
+    return Message(content, reply_to=msg)
+
+  return app
+
+
+def _decode(dep: Deployment, reply, theta_bits) -> tuple[int, Any, dict]:
+  up = reply.content[UPLOAD]
+  masks = coding.decode(up["mask"], theta_bits, dep.coding_floor)
+  probs = iter(reply.content[PROBS].to_numpy_ndarrays())
+  masks = iter(masks)
+  leaves = [next(masks) if b else next(probs) for b in dep.bit_leaves]
+  upload = jax.tree.unflatten(jax.tree.structure(dep.like), leaves)
+  return int(up["client_id"]), upload, dict(reply.content[METRICS])
+
+
+def server_app(dep: Deployment, out_path: str | None = None,
+               on_round: Callable[[int, dict], None] | None = None):
+  """The ``ServerApp``: ``dep.rounds`` rounds over the connected nodes; the final global
+  scores are written to ``out_path`` (``.npz``, leaves in PyTree order) and each round's
+  metrics passed to ``on_round(round, metrics)`` and written to ``out_path + '.jsonl'``."""
+  from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+  from flwr.serverapp import ServerApp
+
+  prism = dep.prism
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dep.like))
+  app = ServerApp()
+  step = jax.jit(functools.partial(rnd.server_step, prism))
+
+  @app.main()
+  def main(grid, context) -> None:
+    nodes = _client_nodes(grid, prism.num_clients)
+    k_init, k_rounds = dep.keys()
+    state = rnd.init_state(prism.model, dep.seed, k_init, dep.score_std, prism)
+    state = state.replace(local_states=())            # loss states live on the nodes
+    history = []
+    for r in range(dep.rounds):
+      t0 = time.perf_counter()
+      k_select, k_clients, k_server = jax.random.split(jax.random.fold_in(k_rounds, r), 3)
+      idx, _ = rnd.select_clients(k_select, prism.num_clients, prism.per_round, prism.per_round)
+      cfg = ConfigRecord({"round": r, "client_key": np.asarray(
+          jax.random.key_data(k_clients)).astype(np.int64).tolist()})
+      record = ArrayRecord(_arrays(state.scores))
+      msgs = [Message(RecordDict({SCORES: record, CONFIG: cfg}), dst_node_id=nodes[int(i)],
+                      message_type=MessageType.TRAIN) for i in np.asarray(idx)]
+      replies = list(grid.send_and_receive(msgs))
+      errors = [rep.error for rep in replies if rep.has_error()]
+      if errors or len(replies) != len(msgs):
+        raise RuntimeError(f"round {r + 1}: {len(replies)} of {len(msgs)} clients replied; "
+                           f"errors: {errors}")
+      theta_bits = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(state.scores),
+                                                      dep.bit_leaves) if b]
+      decoded = sorted((_decode(dep, rep, theta_bits) for rep in replies),
+                       key=lambda d: list(np.asarray(idx)).index(d[0]))
+      uploads = jax.tree.map(lambda *xs: jnp.stack(xs), *[d[1] for d in decoded])
+      state, sm = step(k_server, state, uploads, jnp.ones((len(decoded),)))
+      cm = [d[2] for d in decoded]
+      m = {"round": r + 1, "seconds": time.perf_counter() - t0,
+           "loss": float(np.mean([c["loss"] for c in cm])),
+           "client_seconds": float(np.mean([c["client_seconds"] for c in cm])),
+           "coded_bits_per_weight": float(np.mean([c["coded_bits"] for c in cm])) / sum(
+               int(np.prod(t.shape)) for t in theta_bits),
+           **{k: float(v) for k, v in sm.items()}}
+      if prism.local.dp_noise_std:
+        m["dp_epsilon"] = dp.epsilon(prism.local.dp_noise_std, n, r + 1, dep.dp_delta)
+      history.append(m)
+      if on_round is not None:
+        on_round(r + 1, m)
+      if out_path:
+        with open(out_path + ".jsonl", "a") as f:
+          f.write(json.dumps(m) + "\n")
+    if out_path:
+      np.savez(out_path, *_arrays(state.scores))
+
+  return app
+
+
+def _client_nodes(grid, num_clients: int, timeout: float = 300.0) -> dict[int, int]:
+  """Client id -> node id, once ``num_clients`` nodes are connected (waiting up to
+  ``timeout`` seconds), asking every node for its ``partition-id``."""
+  from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+  deadline = time.monotonic() + timeout
+  while len(node_ids := list(grid.get_node_ids())) < num_clients:
+    if time.monotonic() > deadline:
+      raise RuntimeError(f"{len(node_ids)} nodes connected after {timeout:.0f}s, the run "
+                         f"needs {num_clients}")
+    time.sleep(0.2)
+  msgs = [Message(RecordDict({CONFIG: ConfigRecord({"ask": "client_id"})}), dst_node_id=nid,
+                  message_type=MessageType.QUERY) for nid in node_ids]
+  mapping = {}
+  for rep in grid.send_and_receive(msgs):
+    if rep.has_error():
+      raise RuntimeError(f"node {rep.metadata.src_node_id}: {rep.error}")
+    mapping[int(rep.content[CONFIG]["client_id"])] = rep.metadata.src_node_id
+  missing = sorted(set(range(num_clients)) - set(mapping))
+  if missing:
+    raise RuntimeError(f"no node holds client ids {missing} (set partition-id per node)")
+  return mapping
+
+
+def load_scores(path: str, like):
+  """The final global scores a :func:`server_app` run wrote."""
+  with np.load(path) as f:
+    return _tree([f[f"arr_{i}"] for i in range(len(f.files))], like)
