@@ -256,3 +256,18 @@ def load_scores(path: str, like):
   """The final global scores a :func:`server_app` run wrote."""
   with np.load(path) as f:
     return _tree([f[f"arr_{i}"] for i in range(len(f.files))], like)
+
+
+def reference(dep: Deployment, data: rnd.ClientData):
+  """What the jitted simulator computes for the same deployment and data: the final global
+  scores and per-round ``{"loss", "seconds"}`` (a Flower run of ``dep`` reproduces both
+  scores and losses)."""
+  step = rnd.make_round_step(dep.prism)
+  k_init, k_rounds = dep.keys()
+  state = rnd.init_state(dep.prism.model, dep.seed, k_init, dep.score_std, dep.prism)
+  rows = []
+  for r in range(dep.rounds):
+    t0 = time.perf_counter()
+    state, m = step(state, data, jax.random.fold_in(k_rounds, r))
+    rows.append({"loss": float(m["loss"]), "seconds": time.perf_counter() - t0})
+  return state.scores, rows
