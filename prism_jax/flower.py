@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import time
 from typing import Any, Callable
 
@@ -98,9 +99,13 @@ def split_data(data: rnd.ClientData, client_id: int) -> tuple:
   return np.asarray(data.images[client_id, :n]), stats
 
 
-def client_app(dep: Deployment, load_data: Callable[[int], tuple]):
+def client_app(dep: Deployment, load_data: Callable[[int], tuple],
+               compilation_cache: str | None = "~/.cache/prism_jax/xla"):
   """The ``ClientApp``. ``load_data(client_id) -> (images [N, H, W, C] uint8, real_stats)``
-  gives a node its own data (``real_stats`` ``()`` unless the loss uses statistics)."""
+  gives a node its own data (``real_stats`` ``()`` unless the loss uses statistics).
+
+  A deployed SuperNode may start a fresh ClientApp process per message; the persistent XLA
+  ``compilation_cache`` (a directory; None: off) keeps it from recompiling every round."""
   from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
   from flwr.clientapp import ClientApp
 
@@ -120,6 +125,8 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple]):
     # weights and the node's data are kept per process and deployment.
     cache = _NODE_CACHE.setdefault((dep.fingerprint, cid), {})
     if not cache:
+      if compilation_cache and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache))
       images, real_stats = load_data(cid)
       cache.update(data=(jnp.asarray(images), real_stats),
                    weights=generator.init_weights(prism.model, dep.seed),
