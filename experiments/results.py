@@ -189,6 +189,13 @@ def claims(results: list[dict]) -> list[str]:
     out.append(f"- **Final model size**: {p['summary']['model_bytes']:,} bytes = {frac:.2%} of "
                f"the dense float32 generator: {'held' if frac < 0.05 else 'did not hold'} "
                "(< 5%).")
+  mada = []
+  for split in ("iid", "shards", "dirichlet"):
+    p, n = _find(results, split, "PRISM"), _find(results, split, "PRISM w/o MADA")
+    if p and n and p["summary"].get("domain_fid") is not None:
+      lam = [row["mada_lambda"] for row in p["rows"] if "mada_lambda" in row]
+      mada.append(f"{split}: {_fmt(p['summary']['domain_fid'])} with MADA (mean lambda "
+                  f"{np.mean(lam):.2f}) vs {_fmt(n['summary'].get('domain_fid'))} without")
   p, n = _find(results, "dirichlet", "PRISM"), _find(results, "dirichlet", "PRISM w/o MADA")
   if p and n:
     fp, fn = p["summary"].get("domain_fid"), n["summary"].get("domain_fid")
@@ -196,6 +203,10 @@ def claims(results: list[dict]) -> list[str]:
       out.append(f"- **MADA under Dirichlet({p['config']['alpha']}) non-IID**: domain-FID "
                  f"{_fmt(fp)} with MADA vs {_fmt(fn)} without: "
                  f"{'held' if fp < fn else 'did not hold'} (MADA helps) at this scale.")
+  if mada:
+    out.append("- **MADA, every split (domain-FID)**: " + "; ".join(mada) + ". MADA moves the "
+               "global scores lambda of the way towards the new average each round, so a "
+               "short run with it trails one without whenever the clients agree.")
   for label in ("PRISM, DP eps 9.8", "PRISM, DP sigma 0.05"):
     q = _find(results, "dirichlet", label)
     if q and p and p["summary"].get("domain_fid") is not None:
@@ -291,7 +302,8 @@ def report(suite: str, runs: list[Run], runs_dir: str, out: str, fig_dir: str,
            f"directories in `{runs_dir}` on {time.strftime('%Y-%m-%d')}; no number here is "
            "typed by hand. Domain-FID, precision, recall, density and coverage use the offline "
            "domain classifier (a small CNN trained on the held-out split), not InceptionV3: "
-           "they rank methods at this scale and are not comparable with published FIDs.", ""]
+           "they rank methods at this scale and are not comparable with published FIDs. "
+           "Wall times are as measured, on a machine other jobs may have shared.", ""]
   if not results:
     lines += ["No finished runs yet."]
   else:
