@@ -194,8 +194,9 @@ def claims(results: list[dict]) -> list[str]:
     p, n = _find(results, split, "PRISM"), _find(results, split, "PRISM w/o MADA")
     if p and n and p["summary"].get("domain_fid") is not None:
       lam = [row["mada_lambda"] for row in p["rows"] if "mada_lambda" in row]
-      mada.append(f"{split}: {_fmt(p['summary']['domain_fid'])} with MADA (mean lambda "
-                  f"{np.mean(lam):.2f}) vs {_fmt(n['summary'].get('domain_fid'))} without")
+      lam_text = f" (mean lambda {np.mean(lam):.2f})" if lam else ""
+      mada.append(f"{split}: {_fmt(p['summary']['domain_fid'])} with MADA{lam_text} vs "
+                  f"{_fmt(n['summary'].get('domain_fid'))} without")
   p, n = _find(results, "dirichlet", "PRISM"), _find(results, "dirichlet", "PRISM w/o MADA")
   if p and n:
     fp, fn = p["summary"].get("domain_fid"), n["summary"].get("domain_fid")
