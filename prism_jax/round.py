@@ -195,12 +195,14 @@ def packed_masks(uploads) -> jax.Array:
 
 
 def make_round_step(prism: Prism, mesh: Mesh | None = None,
-                    with_uploads: bool = False) -> Callable:
+                    with_uploads: bool = False, donate: bool = False) -> Callable:
   """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``.
 
   It returns ``(server_state, metrics)``; with ``with_uploads`` also
   ``(packed_masks [slots, bytes], client_ids [slots])`` (id -1: empty slot), for host-side
-  entropy coding (:mod:`prism_jax.coding`)."""
+  entropy coding (:mod:`prism_jax.coding`). With ``donate`` the input state's buffers are
+  reused for the output (one copy of the scores and loss states in device memory instead of
+  two); the caller must not use the input state afterwards."""
   mesh = client_mesh() if mesh is None else mesh
   per_slot_group = mesh.size * (prism.client_chunk or 1)
   slots = math.ceil(prism.per_round / per_slot_group) * per_slot_group
@@ -260,7 +262,7 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
       return new_state, metrics, (packed_masks(uploads), ids)
     return new_state, metrics
 
-  jitted = jax.jit(round_step)
+  jitted = jax.jit(round_step, donate_argnums=(0,) if donate else ())
   replicated = NamedSharding(mesh, P())
   feature_params = jax.device_put(prism.objective.features.params, replicated)
 

@@ -195,7 +195,8 @@ def train(config, workdir: str, resume: bool = False) -> dict:
   client_data = rnd.shard_client_data(client_data, mesh)
   coding_cfg = config.get("coding") or {}
   coded = bool(coding_cfg.get("enabled")) and prism.sends_masks
-  round_step = rnd.make_round_step(prism, mesh, with_uploads=coded)
+  # The round replaces the state: donating it keeps one copy of scores and loss states.
+  round_step = rnd.make_round_step(prism, mesh, with_uploads=coded, donate=True)
   n = masking.num_weights(state.scores)
   send_probs = prism.send_probs(state.scores)
   sends_bits = [not p for p in jax.tree.leaves(send_probs)] if send_probs else None
@@ -251,11 +252,12 @@ def train(config, workdir: str, resume: bool = False) -> dict:
       progress.write("round 0: " + "  ".join(f"{k} {v:.4g}" for k, v in m0.items()))
     for r in range(start, config.rounds):
       t0 = time.perf_counter()
+      if coded:   # the shared model: the global theta this round's clients start from
+        shared = coding.model_from_scores(state.scores, sends_bits, coding_cfg.get("floor", 1e-3))
       new_state, m, *uploads = round_step(state, client_data, jax.random.fold_in(k_rounds, r))
       if coded:   # host-side entropy coding of the uploads, overlapping the host work below
         packed, ids = jax.device_get(uploads[0])
-        coding_job = coder.submit(coding.code_uploads, packed, ids, coding.model_from_scores(
-            state.scores, sends_bits, coding_cfg.get("floor", 1e-3)))
+        coding_job = coder.submit(coding.code_uploads, packed, ids, shared)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       if not all(math.isfinite(v) for v in m.values()):
         bad = [k for k, v in m.items() if not math.isfinite(v)]

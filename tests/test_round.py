@@ -233,3 +233,18 @@ def test_chunked_clients_match_all_at_once(tiny_model, tiny_objective):
   chex.assert_trees_all_equal_shapes(odd.scores, state.scores)
   with pytest.raises(ValueError, match="client_chunk"):
     _prism(tiny_objective, client_chunk=0)
+
+
+def test_donated_round_reuses_the_state_buffers(tiny_model, tiny_objective):
+  prism = _prism(tiny_objective)
+  data = _data()
+  plain = rnd.make_round_step(prism)
+  donating = rnd.make_round_step(prism, donate=True)
+  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  expected, _ = plain(state, data, jax.random.key(1))
+  mine = jax.tree.map(jnp.copy, state)
+  got, _ = donating(mine, data, jax.random.key(1))
+  chex.assert_trees_all_equal(got.scores, expected.scores)
+  assert all(x.is_deleted() for x in jax.tree.leaves(mine.scores))   # donated, not copied
+  got, _ = donating(got, data, jax.random.key(2))                    # and again: 1 executable
+  assert donating.jitted._cache_size() == 1
