@@ -194,7 +194,6 @@ def server_app(dep: Deployment, out_path: str | None = None,
     k_init, k_rounds = dep.keys()
     state = rnd.init_state(prism.model, dep.seed, k_init, dep.score_std, prism)
     state = state.replace(local_states=())            # loss states live on the nodes
-    history = []
     for r in range(dep.rounds):
       t0 = time.perf_counter()
       k_select, k_clients, k_server = jax.random.split(jax.random.fold_in(k_rounds, r), 3)
@@ -224,7 +223,6 @@ def server_app(dep: Deployment, out_path: str | None = None,
            **{k: float(v) for k, v in sm.items()}}
       if prism.local.dp_noise_std:
         m["dp_epsilon"] = dp.epsilon(prism.local.dp_noise_std, n, r + 1, dep.dp_delta)
-      history.append(m)
       if on_round is not None:
         on_round(r + 1, m)
       if out_path:
