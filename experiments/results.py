@@ -55,20 +55,26 @@ def _mnist_cpu() -> list[Run]:
   return runs
 
 
+def _non_iid(dataset: str) -> str:
+  """The paper's non-IID split: Dirichlet(0.005), or for CelebA (two attribute values, so a
+  Dirichlet split would leave clients empty) male / female clients (shards, divide 1)."""
+  return "shards" if dataset == "celeb_a" else "dirichlet"
+
+
 def _smoke() -> list[Run]:
   return [Run(f"{d}-{split}-{m}", d, f"{split},smoke" + ("" if m == "prism" else f",{m}"),
               label={"prism": "PRISM", "fedavg": "dense FedAvg", "dp": "PRISM, DP eps 9.8"}[m])
           for d in ("fashion_mnist", "cifar10", "celeb_a")
-          for split, m in (("dirichlet", "prism"), ("shards", "fedavg"), ("iid", "dp"))]
+          for split, m in ((_non_iid(d), "prism"), ("iid", "fedavg"), ("iid", "dp"))]
 
 
 def _paper() -> list[Run]:
   runs = []
   for d in ("mnist", "fashion_mnist", "cifar10", "celeb_a"):
-    for split in ("iid", "dirichlet"):
+    for split in ("iid", _non_iid(d)):
       runs += [Run(f"{d}-{split}-prism", d, split, label="PRISM"),
                Run(f"{d}-{split}-nomada", d, split + ",nomada", label="PRISM w/o MADA")]
-    runs.append(Run(f"{d}-dirichlet-dp", d, "dirichlet,dp", label="PRISM, DP eps 9.8"))
+    runs.append(Run(f"{d}-{_non_iid(d)}-dp", d, f"{_non_iid(d)},dp", label="PRISM, DP eps 9.8"))
   return runs
 
 
@@ -227,7 +233,7 @@ def paper_table(results: list[dict]) -> list[str]:
   for r in results:
     ds = r["config"]["dataset"].replace("mnist_offline", "mnist")
     paper = PAPER_FID.get((ds, r["run"].label))
-    if paper is not None and r["run"].split == "dirichlet":
+    if paper is not None and r["run"].split == _non_iid(ds):
       lines.append(f"| {ds} | {r['run'].split} | {r['run'].label} "
                    f"| {_fmt(r['summary'].get('domain_fid'))} | {paper} (paper) |")
   return lines if len(lines) > 2 else []
@@ -244,8 +250,11 @@ def figures(results: list[dict], fig_dir: str, suite: str) -> list[str]:
   splits = [s for s in ("iid", "shards", "dirichlet") if any(r["run"].split == s for r in results)]
   keys = [k for k in ("domain_fid", "domain_precision", "domain_recall", "loss")
           if any(k in row for r in results for row in r["rows"])]
-  labels = list(dict.fromkeys(r["run"].label for r in results))   # one colour per method
-  colour = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+  several = len({r["config"]["dataset"] for r in results}) > 1
+
+  def name(r):   # the method, and the dataset when the suite has several
+    return f"{r['config']['dataset']}: {r['run'].label}" if several else r["run"].label
+  colour = {n: f"C{i % 10}" for i, n in enumerate(dict.fromkeys(map(name, results)))}
   if splits and keys:
     fig, axes = plt.subplots(len(splits), len(keys), figsize=(3.6 * len(keys), 2.8 * len(splits)),
                              squeeze=False, dpi=100)
@@ -255,7 +264,7 @@ def figures(results: list[dict], fig_dir: str, suite: str) -> list[str]:
         for r in (r for r in results if r["run"].split == split):
           pts = [(row["round"], row[k]) for row in r["rows"] if k in row]
           if pts:
-            ax.plot(*zip(*pts), marker=".", label=r["run"].label, color=colour[r["run"].label])
+            ax.plot(*zip(*pts), marker=".", label=name(r), color=colour[name(r)])
         ax.set_title(f"{split}: {k}", fontsize=9)
         ax.set_xlabel("round", fontsize=8)
         if k == "domain_fid":
@@ -277,7 +286,7 @@ def figures(results: list[dict], fig_dir: str, suite: str) -> list[str]:
                              dpi=100)
     for ax, r in zip(axes[0], runs):
       ax.imshow(np.asarray(Image.open(os.path.join(r["dir"], "samples.png"))), cmap="gray")
-      ax.set_title(r["run"].label, fontsize=7)
+      ax.set_title(name(r), fontsize=7)
       ax.axis("off")
     fig.tight_layout()
     path = os.path.join(fig_dir, f"{suite}_samples_{split}.png")
@@ -299,7 +308,7 @@ def _scale(results: list[dict]) -> list[str]:
 
 
 def report(suite: str, runs: list[Run], runs_dir: str, out: str, fig_dir: str,
-           status: dict[str, str]) -> str:
+           status: dict[str, str], note: str = "") -> str:
   results = [r for r in (_load(runs_dir, run) for run in runs) if r is not None]
   missing = [run.name for run in runs if not any(r["run"] == run for r in results)]
   lines = [f"# Results: suite `{suite}`", "",
@@ -308,7 +317,8 @@ def report(suite: str, runs: list[Run], runs_dir: str, out: str, fig_dir: str,
            "typed by hand. Domain-FID, precision, recall, density and coverage use the offline "
            "domain classifier (a small CNN trained on the held-out split), not InceptionV3: "
            "they rank methods at this scale and are not comparable with published FIDs. "
-           "Wall times are as measured, on a machine other jobs may have shared.", ""]
+           "Wall times are as measured, on a machine other jobs may have shared." +
+           (f" {note}" if note else ""), ""]
   if not results:
     lines += ["No finished runs yet."]
   else:
@@ -317,7 +327,7 @@ def report(suite: str, runs: list[Run], runs_dir: str, out: str, fig_dir: str,
         "150-500 rounds, VGG19 moment matching (GFMN), InceptionV3 FID on 10k images.", "",
         "## Main table", ""] + main_table(results) + ["", "## The paper's claims, checked here",
                                                      ""] + claims(results)
-    pt = paper_table(results)
+    pt = paper_table(results) if suite != "smoke" else []
     if pt:
       lines += ["", "## Beside the paper's numbers (different embedder and scale)", ""] + pt
     figs = figures(results, fig_dir, suite)
@@ -345,6 +355,8 @@ def main(argv=None):
   parser.add_argument("--data_dir", default=None, help="tfds data_dir")
   parser.add_argument("--only", default=None, help="comma-separated run names")
   parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("--note", default="", help="a sentence for the report's header "
+                      "(e.g. where the data came from)")
   args = parser.parse_args(argv)
   runs = SUITES[args.suite]()
   if args.only:
@@ -361,7 +373,7 @@ def main(argv=None):
       t0 = time.perf_counter()
       status[run.name] = run_one(run, runs_dir, args.data_dir)
       print(f"{run.name}: {status[run.name]} ({time.perf_counter() - t0:.0f}s)", flush=True)
-  report(args.suite, runs, runs_dir, out, args.figures, status)
+  report(args.suite, runs, runs_dir, out, args.figures, status, args.note)
   print(f"wrote {out}")
 
 
