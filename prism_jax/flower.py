@@ -13,7 +13,10 @@ processes or machines, exchanging entropy-coded masks.
 
 Keys are derived as in :func:`prism_jax.train.train` (``train_seed`` -> round key -> client
 key by client id), so for the same config, seeds and data a Flower run reproduces the
-jitted simulation. A node's client id is its ``partition-id`` node config.
+jitted simulation: exactly for short local training; over many local steps the node's
+single-client program and the simulator's vmapped one round differently, and a sampled
+mask bit whose uniform draw sits at theta can flip, so the runs drift apart (same
+distribution, not the same bits). A node's client id is its ``partition-id`` node config.
 """
 from __future__ import annotations
 
