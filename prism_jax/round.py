@@ -100,7 +100,6 @@ class Prism:
   def model(self) -> generator.ResNetGenerator:
     return self.objective.model
 
-
   @property
   def sends_masks(self) -> bool:
     """Whether clients upload binary masks (PRISM, FedPM) rather than dense weights."""
