@@ -25,6 +25,7 @@ def _setup():
   return dep, rnd.ClientData(images, np.array([12, 9, 6], np.int32))
 
 
+@pytest.mark.slow
 def test_flower_run_matches_the_simulator(tmp_path):
   pytest.importorskip("flwr")
   pytest.importorskip("ray")

@@ -11,6 +11,7 @@ from prism_jax import tfds_fixture
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_smoke_suite_runs_on_tfds_data_and_writes_the_report(tmp_path, monkeypatch):
   pytest.importorskip("tensorflow_datasets")
   data_dir = str(tmp_path / "tfds")
