@@ -82,8 +82,9 @@ class Deployment:
     return hashlib.sha1(repr(desc).encode()).hexdigest()
 
   def keys(self):
-    """``(k_init, k_rounds)`` exactly as :func:`prism_jax.train.train` splits them."""
-    k_init, k_rounds, _, _ = jax.random.split(jax.random.key(self.train_seed), 4)
+    """``(k_init, k_rounds)`` of :func:`prism_jax.train.run_keys`, as a training run uses."""
+    from prism_jax import train
+    k_init, k_rounds, _, _ = train.run_keys(self.train_seed)
     return k_init, k_rounds
 
 

@@ -147,6 +147,12 @@ def _check_resume(config, workdir: str) -> None:
                      "the saved config.json or start a new --workdir")
 
 
+def run_keys(train_seed: int):
+  """``(k_init, k_rounds, k_eval, k_final)``: every key of a run, from its train seed (the
+  simulator and a Flower deployment must derive them identically)."""
+  return tuple(jax.random.split(jax.random.key(train_seed), 4))
+
+
 def layer_density(scores) -> dict[str, float]:
   """Mean keep-probability per masked layer (TensorBoard ``mask/<layer>``)."""
   out = {}
@@ -175,8 +181,7 @@ def train(config, workdir: str, resume: bool = False) -> dict:
     _check_resume(config, workdir)
   model = prism.model
   os.makedirs(workdir, exist_ok=True)
-  key = jax.random.key(config.train_seed)
-  k_init, k_rounds, k_eval, k_final = jax.random.split(key, 4)
+  k_init, k_rounds, k_eval, k_final = run_keys(config.train_seed)
   state = rnd.init_state(model, config.seed, k_init, config.score_std, prism)
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   start = 0
