@@ -4,6 +4,7 @@
   python -m experiments.results --report_only        # rewrite RESULTS.md from existing runs
   python -m experiments.results --suite=smoke --data_dir=/tmp/tfds   # FMNIST, CIFAR-10, CelebA
   python -m experiments.results --suite=paper --data_dir=~/tensorflow_datasets   # accelerator
+  python -m experiments.results --suite=mnist_long   # the paper's regime at CPU scale, ~3 h
 
 Every run is ``python -m experiments.<dataset> --setting=...`` in its own process, in
 ``<runs_dir>/<name>``; a finished run (``summary.json``) is reused, an interrupted one
@@ -33,10 +34,36 @@ class Run:
   setting: str               # --setting (experiments/configs/paper.py flags)
   overrides: tuple = ()      # extra --config.<k>=<v>
   label: str = ""            # method as shown in the tables
+  seed: int = 0              # frozen-weight and training seed (config.seed, config.train_seed)
 
   @property
   def split(self) -> str:
     return next(p for p in self.setting.split(",") if p in ("iid", "shards", "dirichlet"))
+
+
+# The paper's regime at CPU scale: all 10 clients every round, many rounds, the official
+# behaviours (carried optimizer state etc.); see mnist_long_overrides for the scale.
+LONG_ROUNDS = 150
+LONG_OVERRIDES = (("rounds", LONG_ROUNDS), ("clients_per_round", 10), ("local.local_steps", 10),
+                  ("local.batch_size", 32), ("eval.every", 10), ("sample_every", 50),
+                  ("checkpoint_every", 10), ("eval.modes", "('fixed','resampled','threshold')"))
+LONG_SEEDS = (0, 1, 2)
+
+
+def _mnist_long() -> list[Run]:
+  runs = []
+  for split in ("iid", "dirichlet"):
+    s = f"{split},offline,cpu"
+    seeds = LONG_SEEDS if split == "dirichlet" else (0,)
+    for seed in seeds:
+      tag = "" if seed == 0 else f"-s{seed}"
+      runs += [Run(f"{split}-prism{tag}", "mnist", s, LONG_OVERRIDES, "PRISM", seed),
+               Run(f"{split}-nomada{tag}", "mnist", s + ",nomada", LONG_OVERRIDES,
+                   "PRISM w/o MADA", seed)]
+    runs += [Run(f"{split}-fedpm", "mnist", s + ",fedpm", LONG_OVERRIDES,
+                 "FedPM (Beta posterior)"),
+             Run(f"{split}-fedavg", "mnist", s + ",fedavg", LONG_OVERRIDES, "dense FedAvg")]
+  return runs
 
 
 def _mnist_cpu() -> list[Run]:
@@ -78,7 +105,14 @@ def _paper() -> list[Run]:
   return runs
 
 
-SUITES = {"mnist_cpu": _mnist_cpu, "smoke": _smoke, "paper": _paper}
+SUITES = {"mnist_cpu": _mnist_cpu, "smoke": _smoke, "paper": _paper, "mnist_long": _mnist_long}
+MODES = ("fixed", "resampled", "threshold")   # prism_jax.evaluation.MODES
+FID_TARGETS = (200.0, 100.0, 50.0, 30.0)       # domain-FID levels for rounds / bits to target
+
+
+def metric(s: dict, name: str, mode: str = "fixed"):
+  """A domain-classifier metric of a summary or metrics row (``fixed``: the exported model)."""
+  return s.get(f"domain_{name}_{mode}")
 
 # The paper's FID (InceptionV3, 10k test images, full scale, 10 non-IID clients), quoted from
 # its project page: comparable only at the same scale and embedder.
@@ -103,6 +137,8 @@ def run_one(run: Run, runs_dir: str, data_dir: str | None) -> str:
   cmd = [sys.executable, "-m", f"experiments.{run.dataset}", f"--setting={run.setting}",
          f"--workdir={workdir}"]
   cmd += [f"--config.{k}={v}" for k, v in run.overrides]
+  if run.seed:
+    cmd += [f"--config.seed={run.seed}", f"--config.train_seed={run.seed}"]
   if data_dir and dataset != "mnist_offline":
     cmd.append(f"--config.data_dir={data_dir}")
   if os.path.exists(os.path.join(workdir, "config.json")):
@@ -149,18 +185,20 @@ def _coded(s: dict) -> str:
 
 
 def main_table(results: list[dict]) -> list[str]:
-  lines = ["| dataset | split | method | domain-FID | precision | recall | density | coverage "
+  lines = ["| dataset | split | method | seed | domain-FID fixed mask (exported) | resampled "
+           "(official) | threshold | precision | recall | density | coverage "
            "| upload bits / client / round | entropy-coded bits / weight (first -> last round) "
            "| total bits, all rounds (up + down) | final model bytes (% of dense) "
            "| epsilon (delta) | wall time |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     s, run = r["summary"], r["run"]
     eps = s.get("dp_epsilon")
     lines.append(
-        f"| {r['config']['dataset']} | {run.split} | {run.label} | {_fmt(s.get('domain_fid'))} "
-        f"| {_fmt(s.get('domain_precision'))} | {_fmt(s.get('domain_recall'))} "
-        f"| {_fmt(s.get('domain_density'))} | {_fmt(s.get('domain_coverage'))} "
+        f"| {r['config']['dataset']} | {run.split} | {run.label} | {run.seed} "
+        f"| {' | '.join(_fmt(metric(s, 'fid', m)) for m in MODES)} "
+        f"| {_fmt(metric(s, 'precision'))} | {_fmt(metric(s, 'recall'))} "
+        f"| {_fmt(metric(s, 'density'))} | {_fmt(metric(s, 'coverage'))} "
         f"| {s['bits_up_per_client']:,} | {_coded(s)} | {_total_bits(s):.3g} "
         f"| {s['model_bytes']:,} ({100 * s['model_fraction_of_dense']:.1f}%) "
         f"| {_fmt(eps) + ' (' + _fmt(s.get('dp_delta')) + ')' if eps else '-'} "
@@ -187,7 +225,8 @@ def claims(results: list[dict]) -> list[str]:
           f"{'held' if up > 0.6 else 'did not hold'} for the upload (> 60%). Counting the "
           f"float32 broadcast of the global scores as well, the total is {tot:.1%} lower "
           f"({'held' if tot > 0.6 else 'did not hold'} for > 60% in total). Domain-FID: "
-          f"PRISM {_fmt(ps.get('domain_fid'))}, dense FedAvg {_fmt(ds.get('domain_fid'))}.")
+          f"PRISM {_fmt(metric(ps, 'fid'))}, dense FedAvg {_fmt(metric(ds, 'fid'))} (fixed "
+          "mask).")
       break
   p = next((r for r in results if r["run"].label == "PRISM"), None)
   if p:
@@ -195,47 +234,98 @@ def claims(results: list[dict]) -> list[str]:
     out.append(f"- **Final model size**: {p['summary']['model_bytes']:,} bytes = {frac:.2%} of "
                f"the dense float32 generator: {'held' if frac < 0.05 else 'did not hold'} "
                "(< 5%).")
-  mada = []
-  for split in ("iid", "shards", "dirichlet"):
-    p, n = _find(results, split, "PRISM"), _find(results, split, "PRISM w/o MADA")
-    if p and n and p["summary"].get("domain_fid") is not None:
-      lam = [row["mada_lambda"] for row in p["rows"] if "mada_lambda" in row]
-      lam_text = f" (mean lambda {np.mean(lam):.2f})" if lam else ""
-      mada.append(f"{split}: {_fmt(p['summary']['domain_fid'])} with MADA{lam_text} vs "
-                  f"{_fmt(n['summary'].get('domain_fid'))} without")
-  p, n = _find(results, "dirichlet", "PRISM"), _find(results, "dirichlet", "PRISM w/o MADA")
-  if p and n:
-    fp, fn = p["summary"].get("domain_fid"), n["summary"].get("domain_fid")
-    if fp is not None and fn is not None:
-      out.append(f"- **MADA under Dirichlet({p['config']['alpha']}) non-IID**: domain-FID "
-                 f"{_fmt(fp)} with MADA vs {_fmt(fn)} without: "
-                 f"{'held' if fp < fn else 'did not hold'} (MADA helps) at this scale.")
-  if mada:
-    out.append("- **MADA, every split (domain-FID)**: " + "; ".join(mada) + ". MADA moves the "
-               "global scores lambda of the way towards the new average each round, so a "
-               "short run with it trails one without whenever the clients agree.")
+  out += mada_verdict(results)
+  p = _find(results, "dirichlet", "PRISM")
   for label in ("PRISM, DP eps 9.8", "PRISM, DP sigma 0.05"):
     q = _find(results, "dirichlet", label)
-    if q and p and p["summary"].get("domain_fid") is not None:
+    if q and p and metric(p["summary"], "fid") is not None:
       s = q["summary"]
-      ratio = s["domain_fid"] / p["summary"]["domain_fid"]
+      ratio = metric(s, "fid") / metric(p["summary"], "fid")
       out.append(f"- **{label}, Dirichlet**: noise std {s['dp_noise_std']:.3g} on theta, "
                  f"epsilon spent {_fmt(s.get('dp_epsilon'))} at delta {_fmt(s.get('dp_delta'))} "
-                 f"(client-level, sensitivity sqrt(d)); domain-FID {_fmt(s.get('domain_fid'))} "
-                 f"vs {_fmt(p['summary']['domain_fid'])} without DP ({ratio:.2f}x): graceful "
+                 f"(client-level, sensitivity sqrt(d)); domain-FID {_fmt(metric(s, 'fid'))} "
+                 f"vs {_fmt(metric(p['summary'], 'fid'))} without DP ({ratio:.2f}x): graceful "
                  f"degradation (< 2x) {'held' if ratio < 2 else 'did not hold'}.")
   return out
 
 
+def _by_label(results, split, label) -> list[dict]:
+  return [r for r in results if r["run"].split == split and r["run"].label == label
+          and metric(r["summary"], "fid") is not None]
+
+
+def mada_verdict(results: list[dict]) -> list[str]:
+  """PRISM with vs without MADA per split, over every seed that has both: mean (± std over
+  seeds) of the final domain-FID, fixed and resampled masks, and on how many seeds MADA won
+  (the verdict, on the fixed mask: held on every seed, did not hold on any, else mixed)."""
+  out = []
+  for split in ("iid", "shards", "dirichlet"):
+    runs = {lab: {r["run"].seed: r["summary"] for r in _by_label(results, split, lab)}
+            for lab in ("PRISM", "PRISM w/o MADA")}
+    seeds = sorted(set(runs["PRISM"]) & set(runs["PRISM w/o MADA"]))
+    if not seeds:
+      continue
+
+    def stat(x):
+      return f"{np.mean(x):.3g}" + (f" ± {np.std(x, ddof=1):.2g}" if len(x) > 1 else "")
+    parts, wins = [], {}
+    for mode in ("fixed", "resampled"):
+      a, b = ([metric(runs[lab][sd], "fid", mode) for sd in seeds]
+              for lab in ("PRISM", "PRISM w/o MADA"))
+      if None in a or None in b:
+        continue
+      wins[mode] = sum(x < y for x, y in zip(a, b))
+      parts.append(f"{mode} mask {stat(a)} with MADA vs {stat(b)} without (MADA better on "
+                   f"{wins[mode]} of {len(seeds)})")
+    n = wins.get("fixed", 0)
+    verdict = "held" if n == len(seeds) else "did not hold" if n == 0 else "mixed"
+    cfg = next(r for r in results if r["run"].split == split)["config"]
+    name = f"Dirichlet({cfg['alpha']})" if split == "dirichlet" else split
+    out.append(f"- **MADA under {name}, {len(seeds)} seed(s)**, final domain-FID: "
+               + "; ".join(parts) + f". MADA helps: {verdict} at this scale.")
+  return out
+
+
+def _cumulative_bits(r: dict) -> dict[int, float]:
+  """Bits sent up to the end of each round (upload as sent: entropy-coded when logged, else
+  the raw bits; plus the float32 broadcast), keyed by round."""
+  total, out = 0.0, {0: 0.0}
+  for row in r["rows"]:
+    if "bits_up" not in row:
+      continue
+    total += row.get("coded_bits_up", row["bits_up"]) + row["bits_down"]
+    out[row["round"]] = total
+  return out
+
+
+def to_target_table(results: list[dict]) -> list[str]:
+  """Rounds and bits (up + down) each run needed to first reach each domain-FID target
+  (fixed mask, at the evaluated rounds)."""
+  lines = ["| split | method | seed | " + " | ".join(
+      f"FID <= {t:g}: round, bits" for t in FID_TARGETS) + " |",
+           "|---|---|---|" + "---|" * len(FID_TARGETS)]
+  for r in results:
+    bits = _cumulative_bits(r)
+    cells = []
+    for t in FID_TARGETS:
+      hit = next((row["round"] for row in r["rows"]
+                  if (metric(row, "fid") or np.inf) <= t), None)
+      cells.append("not reached" if hit is None else
+                   f"{hit}, {bits.get(hit, float('nan')):.3g}")
+    lines.append(f"| {r['run'].split} | {r['run'].label} | {r['run'].seed} | "
+                 + " | ".join(cells) + " |")
+  return lines
+
+
 def paper_table(results: list[dict]) -> list[str]:
-  lines = ["| dataset | split | method | ours: domain-FID (this scale) | paper: InceptionV3 FID "
-           "(full scale) |", "|---|---|---|---|---|"]
+  lines = ["| dataset | split | method | ours: domain-FID, fixed mask (this scale) | paper: "
+           "InceptionV3 FID (full scale) |", "|---|---|---|---|---|"]
   for r in results:
     ds = r["config"]["dataset"].replace("mnist_offline", "mnist")
     paper = PAPER_FID.get((ds, r["run"].label))
-    if paper is not None and r["run"].split == _non_iid(ds):
+    if paper is not None and r["run"].split == _non_iid(ds) and r["run"].seed == 0:
       lines.append(f"| {ds} | {r['run'].split} | {r['run'].label} "
-                   f"| {_fmt(r['summary'].get('domain_fid'))} | {paper} (paper) |")
+                   f"| {_fmt(metric(r['summary'], 'fid'))} | {paper} (paper) |")
   return lines if len(lines) > 2 else []
 
 
@@ -248,37 +338,55 @@ def figures(results: list[dict], fig_dir: str, suite: str) -> list[str]:
   os.makedirs(fig_dir, exist_ok=True)
   out = []
   splits = [s for s in ("iid", "shards", "dirichlet") if any(r["run"].split == s for r in results)]
-  keys = [k for k in ("domain_fid", "domain_precision", "domain_recall", "loss")
-          if any(k in row for r in results for row in r["rows"])]
+  keys = [k for k in ("domain_fid_fixed", "domain_fid_resampled", "domain_precision_fixed",
+                      "domain_recall_fixed", "loss")
+            if any(k in row for r in results for row in r["rows"])]
   several = len({r["config"]["dataset"] for r in results}) > 1
+  shown = [r for r in results if r["run"].seed == 0]   # other seeds: in the tables
 
   def name(r):   # the method, and the dataset when the suite has several
     return f"{r['config']['dataset']}: {r['run'].label}" if several else r["run"].label
   colour = {n: f"C{i % 10}" for i, n in enumerate(dict.fromkeys(map(name, results)))}
+
+  def panel(ax, split, k, x_of):
+    for r in (r for r in shown if r["run"].split == split):
+      x = x_of(r)
+      pts = [(x[row["round"]], row[k]) for row in r["rows"] if k in row and row["round"] in x]
+      if pts:
+        ax.plot(*zip(*pts), marker=".", label=name(r), color=colour[name(r)])
+    if "fid" in k:
+      ax.set_yscale("log")
+    ax.tick_params(labelsize=7)
+
+  def save(fig, suffix):
+    fig.tight_layout()
+    path = os.path.join(fig_dir, f"{suite}_{suffix}.png")
+    fig.savefig(path)
+    plt.close(fig)
+    out.append(path)
+
   if splits and keys:
     fig, axes = plt.subplots(len(splits), len(keys), figsize=(3.6 * len(keys), 2.8 * len(splits)),
                              squeeze=False, dpi=100)
     for i, split in enumerate(splits):
       for j, k in enumerate(keys):
-        ax = axes[i, j]
-        for r in (r for r in results if r["run"].split == split):
-          pts = [(row["round"], row[k]) for row in r["rows"] if k in row]
-          if pts:
-            ax.plot(*zip(*pts), marker=".", label=name(r), color=colour[name(r)])
-        ax.set_title(f"{split}: {k}", fontsize=9)
-        ax.set_xlabel("round", fontsize=8)
-        if k == "domain_fid":
-          ax.set_yscale("log")
-        ax.tick_params(labelsize=7)
-    for i in range(len(splits)):
+        panel(axes[i, j], split, k, lambda r: {row["round"]: row["round"] for row in r["rows"]})
+        axes[i, j].set_title(f"{split}: {k}", fontsize=9)
+        axes[i, j].set_xlabel("round", fontsize=8)
       axes[i, 0].legend(fontsize=6)
-    fig.tight_layout()
-    path = os.path.join(fig_dir, f"{suite}_curves.png")
-    fig.savefig(path)
-    plt.close(fig)
-    out.append(path)
+    save(fig, "curves")
+  if splits and "domain_fid_fixed" in keys:   # quality per bit sent, both directions
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.2), squeeze=False,
+                             dpi=100)
+    for ax, split in zip(axes[0], splits):
+      panel(ax, split, "domain_fid_fixed", _cumulative_bits)
+      ax.set_xscale("symlog", linthresh=1e6)
+      ax.set_title(f"{split}: domain-FID (fixed mask) vs bits sent (up + down)", fontsize=8)
+      ax.set_xlabel("cumulative bits, all clients", fontsize=8)
+      ax.legend(fontsize=6)
+    save(fig, "fid_vs_bits")
   for split in splits:
-    runs = [r for r in results if r["run"].split == split
+    runs = [r for r in shown if r["run"].split == split
             and os.path.exists(os.path.join(r["dir"], "samples.png"))]
     if not runs:
       continue
@@ -330,6 +438,11 @@ def report(suite: str, runs: list[Run], runs_dir: str, out: str, fig_dir: str,
     pt = paper_table(results) if suite != "smoke" else []
     if pt:
       lines += ["", "## Beside the paper's numbers (different embedder and scale)", ""] + pt
+    if any(metric(row, "fid") is not None for r in results for row in r["rows"]):
+      lines += ["", "## Rounds and bits to reach a domain-FID (fixed mask)", "",
+                "First evaluated round at or below each target, and the bits sent by then "
+                "(all clients, upload as sent plus the float32 broadcast).", ""]
+      lines += to_target_table(results)
     figs = figures(results, fig_dir, suite)
     if figs:
       lines += ["", "## Figures", ""]

@@ -1,7 +1,8 @@
 """PRISM client: local score training, then upload of one sampled binary mask.
 
 fedjax-style split (Algorithm 1, client side):
-  * :func:`client_init`  -- start from the broadcast global scores, fresh optimizer state;
+  * :func:`client_init`  -- start from the broadcast global scores, with the client's own
+    optimizer state carried over from its last round (official code) or a fresh one;
   * :func:`client_step`  -- one local iteration: sample a real batch, a mask and ``z``,
     take an optax step on the scores to lower ``loss(psi(real), psi(G(W * m, z)))``;
   * :func:`client_final` -- ``theta_k = sigmoid(s_k)`` (optionally privatized), then
@@ -36,7 +37,16 @@ class LocalConfig:
   estimator: masking.Estimator = "prob"
   dp_noise_std: float = 0.0   # sigma of the Gaussian noise on theta; 0 disables DP
   dp_clip: float = 0.1        # c: noised theta is clipped to [c, 1 - c]
+  # "algorithm": the DP step as the paper's algorithm states it (noise on theta, clip).
+  # "official": what the official code's DP branch does: its noise is overwritten and the
+  # upload is M ~ Bernoulli(clip(score, c, 1 - c)) of the raw *scores*; no privacy at all,
+  # only to compare with the paper's DP figures like for like.
+  dp_mode: str = "algorithm"
   unroll: int = 1             # lax.scan unroll of the local loop
+  # The official code builds each client's Adam once and keeps it for the whole run (only
+  # the scores are overwritten by the global ones each round): moments and step count carry
+  # over. False: a fresh optimizer every round.
+  carry_optimizer: bool = False
 
   def __post_init__(self):
     for name in ("local_steps", "batch_size"):
@@ -46,6 +56,8 @@ class LocalConfig:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if self.optimizer_name not in ("adam", "sgd"):
       raise ValueError(f"unknown optimizer {self.optimizer_name!r}; choose 'adam' or 'sgd'")
+    if self.dp_mode not in ("algorithm", "official"):
+      raise ValueError(f"dp_mode must be 'algorithm' or 'official', got {self.dp_mode!r}")
     if self.estimator not in masking.ESTIMATORS:
       raise ValueError(f"unknown estimator {self.estimator!r}; choose one of "
                        f"{masking.ESTIMATORS}")
@@ -62,6 +74,21 @@ class ClientState:
   scores: Any
   opt_state: Any
   loss_state: Any = ()
+
+
+@flax.struct.dataclass
+class LocalState:
+  """What a client keeps between its rounds: the loss state (GFMN moving averages) and,
+  with ``LocalConfig.carry_optimizer``, its optimizer state (``()`` when there is none)."""
+  loss: Any = ()
+  opt: Any = ()
+
+
+def init_local_state(objective: Objective, cfg: LocalConfig, scores) -> LocalState:
+  """A client's state before its first round (``scores`` may be shapes only)."""
+  opt = jax.eval_shape(cfg.optimizer().init, scores) if cfg.carry_optimizer else ()
+  return LocalState(objective.init_loss_state(),
+                    jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), opt))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +159,13 @@ def sample_batch(key: jax.Array, images: jax.Array, count: jax.Array, batch_size
   return to_float(images[idx])
 
 
-def client_init(server_scores, cfg: LocalConfig, loss_state=()) -> ClientState:
-  return ClientState(server_scores, cfg.optimizer().init(server_scores), loss_state)
+def client_init(server_scores, cfg: LocalConfig, local: LocalState = LocalState()
+                ) -> ClientState:
+  """The broadcast global scores, with the client's carried optimizer state when
+  ``cfg.carry_optimizer`` and it has one (a client that never trained starts fresh)."""
+  carried = cfg.carry_optimizer and jax.tree.leaves(local.opt)
+  opt_state = local.opt if carried else cfg.optimizer().init(server_scores)
+  return ClientState(server_scores, opt_state, local.loss)
 
 
 def client_step(state: ClientState, weights, images, count, key, *, objective: Objective,
@@ -149,14 +181,17 @@ def client_step(state: ClientState, weights, images, count, key, *, objective: O
 
 
 def client_final(state: ClientState, key: jax.Array, cfg: LocalConfig, send_probs=None):
-  """The upload: ``M_k ~ Bernoulli(theta_k)`` as a bool PyTree (DP noise on theta first).
+  """The upload: ``M_k ~ Bernoulli(theta_k)`` as a bool PyTree (DP noise on theta first, or
+  the official code's clamp of the scores with ``cfg.dp_mode="official"``).
 
   PRISM-alpha (Algorithm 2): leaves where ``send_probs`` (a PyTree of Python bools) is True
   upload the (privatized) float32 probabilities ``theta_k`` instead of a sampled mask.
   """
   k_dp, k_mask = jax.random.split(key)
   theta = masking.keep_prob(state.scores)
-  if cfg.dp_noise_std > 0:
+  if cfg.dp_mode == "official":   # no privacy: see LocalConfig.dp_mode
+    theta = dp.official_clamp(state.scores, cfg.dp_clip)
+  elif cfg.dp_noise_std > 0:
     theta = dp.privatize(k_dp, theta, cfg.dp_noise_std, cfg.dp_clip)
   mask = masking.sample_binary(k_mask, theta)
   if send_probs is None:
@@ -165,13 +200,14 @@ def client_final(state: ClientState, key: jax.Array, cfg: LocalConfig, send_prob
 
 
 def client_update(server_scores, weights, images, count, key, *, objective: Objective,
-                  cfg: LocalConfig, feature_params=None, real_stats=None, loss_state=(),
-                  send_probs=None):
+                  cfg: LocalConfig, feature_params=None, real_stats=None,
+                  local: LocalState = LocalState(), send_probs=None):
   """Local training of one client (``lax.scan`` over ``cfg.local_steps``).
 
-  Returns ``(upload, loss_state, metrics)``: the mask (or PRISM-alpha mix) to upload, the
-  client's persistent loss state (GFMN moving averages) and its local losses. A dense
-  objective (``trains="weights"``: the FedAvg baseline) uploads its float32 weights.
+  Returns ``(upload, local, metrics)``: the mask (or PRISM-alpha mix) to upload, the
+  client's :class:`LocalState` for its next round (GFMN moving averages; optimizer state
+  when carried) and its local losses. A dense objective (``trains="weights"``: the FedAvg
+  baseline) uploads its float32 weights.
   """
   k_steps, k_final = jax.random.split(key)
 
@@ -179,9 +215,10 @@ def client_update(server_scores, weights, images, count, key, *, objective: Obje
     return client_step(state, weights, images, count, k, objective=objective, cfg=cfg,
                        feature_params=feature_params, real_stats=real_stats)
 
-  state, losses_ = jax.lax.scan(body, client_init(server_scores, cfg, loss_state),
+  state, losses_ = jax.lax.scan(body, client_init(server_scores, cfg, local),
                                 jax.random.split(k_steps, cfg.local_steps), unroll=cfg.unroll)
   metrics = {"loss": jnp.mean(losses_), "loss_first": losses_[0], "loss_last": losses_[-1]}
+  local = LocalState(state.loss_state, state.opt_state if cfg.carry_optimizer else ())
   if objective.trains == "weights":
-    return state.scores, state.loss_state, metrics
-  return client_final(state, k_final, cfg, send_probs), state.loss_state, metrics
+    return state.scores, local, metrics
+  return client_final(state, k_final, cfg, send_probs), local, metrics

@@ -35,6 +35,14 @@ def privatize(key: jax.Array, theta, noise_std: float, clip: float):
                             1.0 - clip), masking.leaf_keys(key, theta), theta)
 
 
+def official_clamp(scores, clip: float):
+  """The official code's DP branch as it runs: the noised ``sigmoid(score)`` is overwritten by
+  ``clamp(score, c, 1 - c)`` of the raw scores, which then serve as keep-probabilities. No
+  noise reaches the upload: this is not a privacy mechanism (the paper's DP figures come from
+  it); it exists to compare with them like for like."""
+  return jax.tree.map(lambda s: jnp.clip(s, clip, 1.0 - clip), scores)
+
+
 def validate(noise_std: float, clip: float) -> None:
   """Rejects impossible mechanism settings before any training starts."""
   if noise_std < 0:

@@ -62,8 +62,14 @@ class DomainCNN(nn.Module):
 def train_domain_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int,
                             seed: int = 0, epochs: int = 3, batch_size: int = 128):
   """Trains :class:`DomainCNN` on uint8 images; returns its params."""
+  return train_classifier(DomainCNN(num_classes), images, labels, seed, epochs, batch_size)
+
+
+def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int = 0,
+                     epochs: int = 3, batch_size: int = 128):
+  """Trains a classifier whose ``apply`` returns ``(..., logits)`` on uint8 images with
+  Adam (1e-3) and cross-entropy; returns its params."""
   from prism_jax.client import to_float
-  model = DomainCNN(num_classes)
   key = jax.random.key(seed)
   params = model.init(key, jnp.zeros((1, *images.shape[1:])))["params"]
   opt = optax.adam(1e-3)
@@ -92,17 +98,15 @@ def accuracy(embedder: Embedder, images, labels) -> float:
   return float(np.mean(np.argmax(logits, 1) == labels))
 
 
-def domain(held_out_images: np.ndarray, held_out_labels: np.ndarray, num_classes: int,
-           cache_path: str | None = None, seed: int = 0, epochs: int = 3) -> Embedder:
-  """The offline domain embedder, trained once on the held-out split and cached."""
-  model = DomainCNN(num_classes)
-
+def cached_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+                      cache_path: str | None, seed: int = 0, epochs: int = 3):
+  """:func:`train_classifier`'s params, trained once and cached in ``cache_path``; a stale
+  cache (another architecture or number of classes) is retrained."""
   def apply(params, x):
     return model.apply({"params": params}, x)
 
   def train():
-    params = train_domain_classifier(held_out_images, held_out_labels, num_classes, seed,
-                                     epochs)
+    params = train_classifier(model, images, labels, seed, epochs)
     return {"/".join(k): np.asarray(v)
             for k, v in flax.traverse_util.flatten_dict(params).items()}
 
@@ -110,15 +114,22 @@ def domain(held_out_images: np.ndarray, held_out_labels: np.ndarray, num_classes
     return flax.traverse_util.unflatten_dict(
         {tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
 
-  def valid(flat):   # a stale cache (other architecture / classes) is retrained
+  def valid(flat):
     try:
-      jax.eval_shape(apply, unflatten(flat), jnp.zeros((1, *held_out_images.shape[1:])))
+      jax.eval_shape(apply, unflatten(flat), jnp.zeros((1, *images.shape[1:])))
       return True
     except Exception:
       return False
 
-  params = unflatten(cache.arrays(cache_path, train, valid))
-  return Embedder("domain", apply, params)
+  return unflatten(cache.arrays(cache_path, train, valid))
+
+
+def domain(held_out_images: np.ndarray, held_out_labels: np.ndarray, num_classes: int,
+           cache_path: str | None = None, seed: int = 0, epochs: int = 3) -> Embedder:
+  """The offline domain embedder, trained once on the held-out split and cached."""
+  model = DomainCNN(num_classes)
+  params = cached_classifier(model, held_out_images, held_out_labels, cache_path, seed, epochs)
+  return Embedder("domain", lambda p, x: model.apply({"params": p}, x), params)
 
 
 def inception(weights: str) -> Embedder:

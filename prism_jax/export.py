@@ -46,7 +46,8 @@ def unpack(bits: np.ndarray, like):
 
 
 def _write(path: str, model: generator.ResNetGenerator, seed: int, kind: str, **arrays) -> int:
-  hparams = {f: getattr(model, f) for f in ("image_size", "channels", "nz", "ngf")}
+  hparams = {f: getattr(model, f) for f in ("image_size", "channels", "nz", "ngf",
+                                            "input_fan")}
   header = {"format": FORMAT_VERSION, "seed": int(seed), "model": hparams, "kind": kind}
   with open(path, "wb") as f:
     np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
@@ -73,7 +74,8 @@ def _read(path: str):
     raise ValueError(f"{path} is not a PRISM model export ({e})") from e
   if header.get("format") != FORMAT_VERSION:
     raise ValueError(f"{path}: unsupported export format {header.get('format')!r}")
-  model = generator.ResNetGenerator(**header["model"])
+  # Exports written before input_fan existed used the true fan-in.
+  model = generator.ResNetGenerator(**{"input_fan": "nz", **header["model"]})
   like = jax.eval_shape(lambda: generator.init_weights(model, 0))
   return header, model, data, like
 

@@ -12,11 +12,12 @@ import hashlib
 import os
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import cache, vgg
+from prism_jax import cache, generator, vgg
 
 
 def pixels(images: jax.Array) -> jax.Array:
@@ -29,6 +30,9 @@ class Extractor:
   name: str
   apply: Callable[[Any, jax.Array], jax.Array]
   params: Any = ()
+  # Features depend on the whole batch (batch-statistics BN, the official VGG19): real
+  # statistics are then computed over shuffled batches of the local batch size.
+  batch_dependent: bool = False
 
   def __call__(self, images: jax.Array) -> jax.Array:
     return self.apply(self.params, images)
@@ -57,28 +61,79 @@ def _pixels_apply(params, images):
 
 def vgg19(weights: str | None = None, num_layers: int = vgg.NUM_CONV,
           batch_norm: bool | None = None, width: float = 1.0, seed: int = 0,
-          image_size: int = 32) -> Extractor:
+          image_size: int = 32, official: bool = False) -> Extractor:
   """VGG19 features from a torchvision weights file (``.npz``, see :mod:`prism_jax.vgg`).
 
-  ``weights="random"`` uses random weights from ``seed``: only to smoke-test the pipeline.
+  ``official``: run it as the official code does (``vgg19_bn`` with batch-statistics BN,
+  raw [-1, 1] inputs; :mod:`prism_jax.vgg`). ``weights="random"`` uses random weights from
+  ``seed``: only to smoke-test the pipeline.
   """
   if weights is None:
     raise ValueError("features 'vgg19' needs weights: a torchvision VGG19 .npz file "
                      "(see prism_jax/vgg.py) or 'random' for a smoke test")
   if weights == "random":
-    batch_norm = bool(batch_norm)
+    batch_norm = official if batch_norm is None else bool(batch_norm)
     params = vgg.init_params(jax.random.key(seed), batch_norm, width, image_size)
   else:
     if not os.path.exists(weights):
       raise FileNotFoundError(f"VGG19 weights file {weights} does not exist")
     params = vgg.load_params(weights, batch_norm, width)
     batch_norm = any(k.startswith("bn") for k in params)
-  apply = vgg.make_extractor(num_layers, batch_norm, width)
-  return Extractor(f"vgg19{'_bn' if batch_norm else ''}-L{num_layers}", apply, params)
+  if official and not batch_norm:
+    raise ValueError("official VGG19 features are vgg19_bn's: give a vgg19_bn weights file "
+                     "(or batch_norm=True with weights='random')")
+  apply = vgg.make_extractor(num_layers, batch_norm, width, official)
+  name = f"vgg19{'_bn' if batch_norm else ''}{'-official' if official else ''}-L{num_layers}"
+  return Extractor(name, apply, params, batch_dependent=official)
+
+
+class FeatureCNN(nn.Module):
+  """conv16 -> pool -> conv32 -> pool -> conv64 -> mean -> dense: a small classifier whose
+  three ReLU maps (28,672 features at 32x32) serve as ``psi``. Deliberately unlike the
+  evaluation's domain classifier (:class:`prism_jax.embedders.DomainCNN`: other widths,
+  depth and head, other seed, other data), so that evaluation does not judge the generator
+  by the features it was trained on."""
+  num_classes: int = 10
+  conv_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    impl = self.conv_impl or generator.conv_auto_impl()
+    maps = []
+    for i, c in enumerate((16, 32, 64)):
+      if i:
+        b, h, w, ch = x.shape
+        x = x.reshape(b, h // 2, 2, w // 2, 2, ch).max((2, 4))
+      kernel = self.param(f"conv{i}", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], c))
+      bias = self.param(f"conv{i}_bias", nn.initializers.zeros, (c,))
+      x = jax.nn.relu(generator.conv2d(x, kernel, impl) + bias)
+      maps.append(x)
+    return maps, nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+def cnn(dataset: str = "mnist_offline", image_size: int = 32, cache_dir: str | None = None,
+        data_dir: str | None = None, epochs: int = 2, seed: int = 1) -> Extractor:
+  """Offline features: :class:`FeatureCNN` trained (once, cached in ``cache_dir``) on the
+  second half of the dataset's held-out split, which no client owns. The paper's VGG19 needs
+  a weights file and an accelerator; this is the CPU-scale substitute."""
+  from prism_jax import data, embedders
+  splits = data.load(dataset, image_size, data_dir)
+  valid = splits["valid"]
+  half = len(valid.labels) // 2
+  model = FeatureCNN(data.info(dataset).num_classes)
+  path = (None if cache_dir is None else
+          os.path.join(cache_dir, f"feature-cnn-{dataset}-{image_size}-e{epochs}-s{seed}.npz"))
+  params = embedders.cached_classifier(model, valid.images[half:], valid.labels[half:], path,
+                                       seed, epochs)
+
+  def apply(params, images):
+    maps, _ = model.apply({"params": params}, images)
+    return jnp.concatenate([m.reshape(m.shape[0], -1) for m in maps], axis=1)
+  return Extractor(f"cnn-{dataset}", apply, params)
 
 
 EXTRACTORS = {"pixels": lambda: Extractor("pixels", _pixels_apply),
-              "vgg19": vgg19}
+              "vgg19": vgg19, "cnn": cnn}
 
 
 def get_extractor(name: str, **kwargs) -> Extractor:
@@ -88,19 +143,26 @@ def get_extractor(name: str, **kwargs) -> Extractor:
 
 
 def client_stats(extractor: Extractor, images: np.ndarray, counts: np.ndarray,
-                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                 batch_size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Each client's real-feature mean and unbiased variance over all its local data.
 
   ``images`` is the padded uint8 ``[K, N_max, H, W, C]`` array; returns float32
-  ``[K, D]`` arrays. Sums are accumulated in float64 on the host.
+  ``[K, D]`` arrays. Sums are accumulated in float64 on the host, as in the official code
+  (one pass, global sum and sum of squares). For a ``batch_dependent`` extractor the
+  batches are the client's data in a shuffled order (``seed``), as the official code's
+  shuffling loader feeds them, with the last batch possibly smaller.
   """
   from prism_jax.client import to_float
   apply = jax.jit(lambda p, x: extractor.apply(p, to_float(x)))
+  rng = np.random.default_rng(seed)
   means, variances = [], []
   for k, n in enumerate(np.asarray(counts)):
     total = total_sq = 0.0
+    order = rng.permutation(int(n)) if extractor.batch_dependent else None
     for i in range(0, int(n), batch_size):
-      f = np.asarray(apply(extractor.params, images[k, i:min(i + batch_size, n)]), np.float64)
+      rows = (slice(i, min(i + batch_size, n)) if order is None
+              else np.sort(order[i:i + batch_size]))
+      f = np.asarray(apply(extractor.params, images[k, rows]), np.float64)
       total = total + f.sum(0)
       total_sq = total_sq + np.square(f).sum(0)
     mean = total / n
@@ -110,12 +172,17 @@ def client_stats(extractor: Extractor, images: np.ndarray, counts: np.ndarray,
 
 
 def cached_client_stats(extractor: Extractor, images: np.ndarray, counts: np.ndarray,
-                        cache_dir: str | None, key: str) -> tuple[np.ndarray, np.ndarray]:
+                        cache_dir: str | None, key: str, batch_size: int = 256
+                        ) -> tuple[np.ndarray, np.ndarray]:
   """:func:`client_stats`, cached in ``cache_dir`` under ``key`` + the extractor's fingerprint
-  (computed once per dataset / split / client; a corrupt cache file is recomputed)."""
+  (computed once per dataset / split / client; a corrupt cache file is recomputed).
+  ``batch_size`` matters only for a ``batch_dependent`` extractor (then in the key)."""
+  if extractor.batch_dependent:
+    key = f"{key}-b{batch_size}"
   path = (None if cache_dir is None else
           os.path.join(cache_dir, f"real_stats-{key}-{extractor.fingerprint()}.npz"))
   out = cache.arrays(path, lambda: dict(zip(("mean", "var"),
-                                            client_stats(extractor, images, counts))),
+                                            client_stats(extractor, images, counts,
+                                                         batch_size))),
                      lambda a: a["mean"].shape[0] == len(counts))
   return out["mean"], out["var"]

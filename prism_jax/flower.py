@@ -35,8 +35,8 @@ import numpy as np
 from prism_jax import client, coding, dp, generator
 from prism_jax import round as rnd
 
-SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOSS_STATE = (
-    "scores", "config", "upload", "probs", "metrics", "loss_state")
+SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOCAL_STATE = (
+    "scores", "config", "upload", "probs", "metrics", "local_state")
 _NODE_CACHE: dict = {}   # (deployment fingerprint, client id) -> compiled update, data
 
 
@@ -141,18 +141,18 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
     cfg = msg.content[CONFIG]
     scores = _tree(msg.content[SCORES].to_numpy_ndarrays(), dep.like)
     k_clients = jax.random.wrap_key_data(np.asarray(cfg["client_key"], np.uint32))
-    loss_state = prism.objective.init_loss_state()
-    if LOSS_STATE in context.state:
-      loss_state = _tree(context.state[LOSS_STATE].to_numpy_ndarrays(), loss_state)
+    local = client.init_local_state(prism.objective, prism.local, dep.like)
+    if LOCAL_STATE in context.state:
+      local = _tree(context.state[LOCAL_STATE].to_numpy_ndarrays(), local)
     t0 = time.perf_counter()
-    upload, loss_state, metrics = cache["update"](
+    upload, local, metrics = cache["update"](
         scores, cache["weights"], images, jnp.int32(len(images)),
         jax.random.fold_in(k_clients, cid), feature_params=prism.objective.features.params,
-        real_stats=real_stats, loss_state=loss_state)
+        real_stats=real_stats, local=local)
     jax.block_until_ready(upload)
     seconds = time.perf_counter() - t0
-    if jax.tree.leaves(loss_state):
-      context.state[LOSS_STATE] = ArrayRecord(_arrays(loss_state))
+    if jax.tree.leaves(local):
+      context.state[LOCAL_STATE] = ArrayRecord(_arrays(local))
     leaves = jax.tree.leaves(upload)
     masks = [m for m, b in zip(leaves, dep.bit_leaves) if b]
     probs = [p for p, b in zip(leaves, dep.bit_leaves) if not b]
@@ -197,7 +197,7 @@ def server_app(dep: Deployment, out_path: str | None = None,
     nodes = _client_nodes(grid, prism.num_clients)
     k_init, k_rounds = dep.keys()
     state = rnd.init_state(prism.model, dep.seed, k_init, dep.score_std, prism)
-    state = state.replace(local_states=())            # loss states live on the nodes
+    state = state.replace(local_states=client.LocalState())            # local states live on the nodes
     for r in range(dep.rounds):
       t0 = time.perf_counter()
       k_select, k_clients, k_server = jax.random.split(jax.random.fold_in(k_rounds, r), 3)

@@ -13,6 +13,7 @@ checkpointed or sent; only the scores (same PyTree structure) are.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -22,13 +23,13 @@ import jax.numpy as jnp
 from prism_jax import masking
 
 
-def signed_constant(key, shape, dtype=jnp.float32):
+def signed_constant(key, shape, dtype=jnp.float32, fan_in: int | None = None):
   """Signed-constant init: ``sign(w0) * sqrt(2 / fan_in)`` (Kaiming gain for ReLU).
 
-  ``fan_in`` is the product of all kernel dims but the last (Flax layout ``(kh, kw, in,
-  out)``), as ``flax.linen.initializers.variance_scaling`` computes it.
+  ``fan_in`` defaults to the product of all kernel dims but the last (Flax layout ``(kh,
+  kw, in, out)``), as ``flax.linen.initializers.variance_scaling`` computes it.
   """
-  fan_in = math.prod(shape[:-1])
+  fan_in = math.prod(shape[:-1]) if fan_in is None else fan_in
   return jax.random.rademacher(key, shape, dtype) * jnp.sqrt(2.0 / fan_in).astype(dtype)
 
 
@@ -82,19 +83,29 @@ class Conv(nn.Module):
     return conv2d(x, kernel, self.impl)
 
 
+INPUT_FANS = ("torch", "nz")
+
+
 class Project(nn.Module):
   """The input layer: ConvTranspose k x k, stride 1, no padding, on a 1x1 input.
 
   On a 1x1 input this is ``out[b, i, j, o] = sum_c z[b, c] K[i, j, c, o]`` (PyTorch's
-  ConvTranspose2d, kernel ``(k, k, nz, out)``), computed as one matmul.
+  ConvTranspose2d, kernel ``(k, k, nz, out)``), computed as one matmul. ``fan``: the
+  signed-constant scale's fan-in, ``"torch"`` = ``out * k * k`` as PyTorch computes it for a
+  ConvTranspose2d weight ``[in, out, k, k]`` (official code), ``"nz"`` = ``nz * k * k``, the
+  true fan-in (a 2x larger scale at the paper size). Only the skip path of the first block
+  sees this scale; everything else is batch-normalised.
   """
   features: int
   kernel_size: int = 4
+  fan: str = "torch"
 
   @nn.compact
   def __call__(self, z):
     k = self.kernel_size
-    kernel = self.param("kernel", signed_constant, (k, k, z.shape[-1], self.features))
+    fan = k * k * (self.features if self.fan == "torch" else z.shape[-1])
+    kernel = self.param("kernel", functools.partial(signed_constant, fan_in=fan),
+                        (k, k, z.shape[-1], self.features))
     return jnp.einsum("bc,ijco->bijo", z, kernel)
 
 
@@ -127,6 +138,7 @@ class ResNetGenerator(nn.Module):
   nz: int = 128
   ngf: int = 64
   conv_impl: str | None = None   # "xla" | "matmul"; None: conv_auto_impl() (compute only)
+  input_fan: str = "torch"       # first layer's init fan-in (Project): "torch" | "nz"
 
   @property
   def num_blocks(self) -> int:
@@ -136,13 +148,15 @@ class ResNetGenerator(nn.Module):
     check_image_size(self.image_size)
     if self.channels not in (1, 3):
       raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+    if self.input_fan not in INPUT_FANS:
+      raise ValueError(f"input_fan must be one of {INPUT_FANS}, got {self.input_fan!r}")
     super().__post_init__()
 
   @nn.compact
   def __call__(self, z):
     widths = [self.ngf * 2 ** (self.num_blocks - 1 - i) for i in range(self.num_blocks)]
     impl = self.conv_impl or conv_auto_impl()
-    x = Project(2 * widths[0], 4, name="input")(z)
+    x = Project(2 * widths[0], 4, self.input_fan, name="input")(z)
     for i, w in enumerate(widths):
       x = UpBlock(w, impl, name=f"block{i}")(x)
     x = Conv(self.channels, 3, impl, name="output")(jax.nn.relu(batch_norm(x)))

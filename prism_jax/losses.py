@@ -45,7 +45,7 @@ class MovingAverageState(NamedTuple):
 
 
 def gfmn_moment_matching(learning_rate: float = 1e-5, b1: float = 0.5,
-                         b2: float = 0.999) -> FeatureLoss:
+                         b2: float = 0.999, v_init: str = "zeros", seed: int = 0) -> FeatureLoss:
   """Mean + variance matching with ADAM moving averages (GFMN, Mroueh et al. 2019; PRISM's
   loss, paper Sec. 3 "MMD loss", official code defaults).
 
@@ -55,12 +55,24 @@ def gfmn_moment_matching(learning_rate: float = 1e-5, b1: float = 0.5,
   ``<v_mean, mu_real - mu_fake> + <v_var, var_real - var_fake>`` with ``v`` held constant,
   so its gradient follows the smoothed gap rather than one noisy minibatch estimate. The
   real statistics are precomputed over the client's whole local dataset.
+
+  ``v_init``: ``"zeros"`` (the first step's generator gradient is then zero), or
+  ``"torch"``, PyTorch's default ``nn.Linear(dim, 1)`` init U(-1/sqrt(dim), 1/sqrt(dim)) as in
+  the official code (drawn from ``seed``; the same for every client).
   """
+  if v_init not in ("zeros", "torch"):
+    raise ValueError(f"v_init must be 'zeros' or 'torch', got {v_init!r}")
   opt = optax.adam(learning_rate, b1=b1, b2=b2)
 
   def init(dim: int) -> MovingAverageState:
-    v = jnp.zeros((dim,), jnp.float32)
-    return MovingAverageState(v, v, opt.init(v), opt.init(v))
+    if v_init == "zeros":
+      v_mean = v_var = jnp.zeros((dim,), jnp.float32)
+    else:
+      bound = 1.0 / jnp.sqrt(dim)
+      k_mean, k_var = jax.random.split(jax.random.key(seed))
+      v_mean, v_var = (jax.random.uniform(k, (dim,), jnp.float32, -bound, bound)
+                       for k in (k_mean, k_var))
+    return MovingAverageState(v_mean, v_var, opt.init(v_mean), opt.init(v_var))
 
   def track(v, opt_state, gap):
     grad = jax.grad(lambda v: jnp.mean(jnp.square(v - gap)))(v)

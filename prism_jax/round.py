@@ -32,13 +32,13 @@ AXIS = "clients"
 @flax.struct.dataclass
 class ServerState:
   """The simulation's state: the frozen network's seed, the global scores, the round
-  counter and each client's persistent local loss state (leading axis K; ``()`` when the
-  loss has none; in a deployment it would stay on the clients). For the baselines,
+  counter and each client's :class:`~prism_jax.client.LocalState` (GFMN moving averages,
+  carried optimizer state; leading axis K; in a deployment it stays on the clients). For the baselines,
   ``scores`` holds the dense weights (``"fedavg"``) and ``aux`` FedPM's Beta posteriors."""
   seed: jax.Array    # int32 []; weights = generator.init_weights(model, seed)
   scores: Any        # PyTree like the generator's params
   round: jax.Array   # int32 []
-  local_states: Any = ()
+  local_states: Any = client.LocalState()
   aux: Any = ()
 
 
@@ -116,18 +116,19 @@ class Prism:
 def init_state(model: generator.ResNetGenerator, seed: int, key: jax.Array,
                score_std: float = 1.0, prism: Prism | None = None) -> ServerState:
   """Round-0 state: scores ~ N(0, score_std^2) over the weights generated from ``seed``;
-  with ``prism``, also every client's initial loss state (e.g. GFMN moving averages) and
-  the baselines' state (FedPM: Beta(1, 1) priors; FedAvg: the seed's weights, trained)."""
+  with ``prism``, also every client's initial local state (GFMN moving averages, optimizer
+  state when carried over) and the baselines' state (FedPM: Beta(1, 1) priors; FedAvg: the
+  seed's weights, trained)."""
   weights = jax.eval_shape(lambda: generator.init_weights(model, seed))
   scores = generator.init_scores(key, weights, score_std)
-  local, aux = (), ()
+  local, aux = client.LocalState(), ()
   if prism is not None:
-    one = prism.objective.init_loss_state()
-    local = jax.tree.map(lambda x: jnp.broadcast_to(x, (prism.num_clients, *x.shape)), one)
     if prism.method == "fedavg":
       scores = generator.init_weights(model, seed)
     elif prism.method == "fedpm":
       aux = baselines.beta_init(scores)
+    one = client.init_local_state(prism.objective, prism.local, scores)
+    local = jax.tree.map(lambda x: jnp.broadcast_to(x, (prism.num_clients, *x.shape)), one)
   return ServerState(jnp.asarray(seed, jnp.int32), scores, jnp.zeros((), jnp.int32), local,
                      aux)
 
@@ -209,9 +210,9 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
                              send_probs=prism.send_probs(weights_shape))
 
-  def one_client(scores, weights, feature_params, images, count, real_stats, loss_state, key):
+  def one_client(scores, weights, feature_params, images, count, real_stats, local, key):
     return update(scores, weights, images, count, key, feature_params=feature_params,
-                  real_stats=real_stats, loss_state=loss_state)
+                  real_stats=real_stats, local=local)
 
   vmapped = jax.vmap(one_client, in_axes=(None, None, None, 0, 0, 0, 0, 0))
 
@@ -219,6 +220,9 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
     """This device's clients: all at once, or ``client_chunk`` at a time (``lax.map``), which
     bounds memory by the chunk instead of the number of clients."""
     n, chunk = per_client[0].shape[0], prism.client_chunk
+    # Each client's local scan starts from the global scores and ends with its own: mark them
+    # as varying over the mesh so the scan's carry keeps one type (carried optimizer states).
+    scores = jax.tree.map(lambda x: jax.lax.pcast(x, AXIS, to="varying"), scores)
     if not chunk or chunk >= n:
       return vmapped(scores, weights, feature_params, *per_client)
     split = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), per_client)
@@ -247,7 +251,7 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
     client_keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(idx)
     uploads, local_states, cm = clients(state.scores, weights, feature_params, *per_client,
                                         client_keys)
-    if not everyone:   # write back the participants' local state; padding slots are dropped
+    if not everyone:   # write back the participants' local states; padding slots are dropped
       target = jnp.where(slot_weights > 0, idx, prism.num_clients)
       local_states = jax.tree.map(lambda all_, new: all_.at[target].set(new, mode="drop"),
                                   state.local_states, local_states)

@@ -7,12 +7,15 @@
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -50,7 +53,7 @@ def dp_noise_std(config, num_weights: int) -> float:
 def build(config):
   """The algorithm a config describes, validated before any data is loaded or written."""
   model = generator.ResNetGenerator(config.image_size, image_channels(config), config.nz,
-                                    config.ngf)
+                                    config.ngf, input_fan=config.get("input_fan", "torch"))
   fkw = dict(config.get("features_kwargs") or {})
   if config.features == "vgg19":
     fkw.setdefault("image_size", config.image_size)
@@ -69,6 +72,10 @@ def build(config):
   if method == "fedavg" and (config.get("dp") or {}).get("epsilon") is not None:
     raise ValueError("config.dp.epsilon is set but method 'fedavg' has no DP mechanism here")
   local = client.LocalConfig(**{**config.local, "dp_noise_std": dp_noise_std(config, n)})
+  if local.dp_mode == "official" and local.dp_noise_std:
+    raise ValueError("local.dp_mode='official' reproduces the official code's DP branch, which "
+                     "discards its noise: it has no privacy guarantee, so dp.epsilon / "
+                     "local.dp_noise_std cannot be set with it")
   return rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
                    config.num_clients, config.get("clients_per_round"),
                    config.get("prism_alpha", 0.0), method=method,
@@ -88,9 +95,11 @@ def with_real_stats(prism, config, client_data, parts):
   h.update(np.array([len(p) for p in parts]).tobytes())
   key = f"{config.dataset}-{config.image_size}-{h.hexdigest()[:12]}"
   t0 = time.perf_counter()
-  mean, var = features.cached_client_stats(prism.objective.features,
-                                           np.asarray(client_data.images),
-                                           np.asarray(client_data.counts), cache_dir(config), key)
+  extractor = prism.objective.features
+  # Batch-dependent features (official VGG19): real statistics over local-size batches.
+  mean, var = features.cached_client_stats(
+      extractor, np.asarray(client_data.images), np.asarray(client_data.counts),
+      cache_dir(config), key, prism.local.batch_size if extractor.batch_dependent else 256)
   print(f"real feature statistics: {mean.shape[0]} clients x {mean.shape[1]:,} features "
         f"({time.perf_counter() - t0:.1f}s)")
   return rnd.ClientData(client_data.images, client_data.counts, (mean, var))
@@ -162,12 +171,59 @@ def layer_density(scores) -> dict[str, float]:
   return out
 
 
-def train(config, workdir: str, resume: bool = False) -> dict:
-  """Runs rounds up to ``config.rounds``; returns the summary also written to workdir.
+@dataclasses.dataclass
+class Run:
+  """A training run between rounds: what :func:`setup` built and the loop updates."""
+  config: Any
+  workdir: str
+  prism: rnd.Prism
+  splits: dict
+  client_data: rnd.ClientData
+  state: rnd.ServerState
+  start: int                 # first round to run (> 0 when resumed)
+  resumed: bool
+  keys: tuple                # run_keys(train_seed): (k_init, k_rounds, k_eval, k_final)
+  ckpt: Any                  # orbax CheckpointManager
+  weights: Any               # the frozen weights (regenerated from config.seed)
+  comm: dict                 # bits per round (communication.round_bits)
+  log: runlog.MetricsFile = None
+  tb: runlog.TensorBoard = None
+  progress: runlog.Progress = None
+  timings: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
 
-  With ``resume``, continues the run in ``workdir`` from its latest checkpoint and gives
-  bit-identical scores to an uninterrupted run (randomness is a function of the round).
-  """
+  @property
+  def dense(self) -> bool:
+    return not self.prism.sends_masks
+
+  def timed(self, name: str):
+    """Context manager that records the seconds of one action under ``name``."""
+    return _Timer(self.timings[name])
+
+  def privacy(self, rounds_done: int) -> dict:
+    """``dp_epsilon`` / ``dp_delta`` spent after ``rounds_done`` rounds (empty without DP)."""
+    sigma, dp_cfg = self.prism.local.dp_noise_std, self.config.get("dp") or {}
+    if not sigma:
+      return {}
+    delta = dp_cfg.get("delta", 1e-5)
+    return {"dp_epsilon": dp.epsilon(sigma, masking.num_weights(self.state.scores),
+                                     rounds_done, delta, dp_cfg.get("sensitivity"),
+                                     dp_cfg.get("accountant", "rdp")), "dp_delta": delta}
+
+
+class _Timer:
+  def __init__(self, into: list):
+    self.into = into
+
+  def __enter__(self):
+    self.t0 = time.perf_counter()
+
+  def __exit__(self, *exc):
+    self.into.append(time.perf_counter() - self.t0)
+
+
+def setup(config, workdir: str, resume: bool = False) -> Run:
+  """Validates the config, loads and splits the data, builds (or restores) the round state
+  and opens the run's logs. A bad config or a corrupt checkpoint fails before any write."""
   exists = os.path.exists(os.path.join(workdir, "config.json"))
   if exists and not resume:
     raise FileExistsError(f"workdir {workdir} already holds a run; pass --resume to continue "
@@ -179,10 +235,9 @@ def train(config, workdir: str, resume: bool = False) -> dict:
   splits, parts, client_data = load_client_data(config)  # output is written
   if resume:
     _check_resume(config, workdir)
-  model = prism.model
   os.makedirs(workdir, exist_ok=True)
-  k_init, k_rounds, k_eval, k_final = run_keys(config.train_seed)
-  state = rnd.init_state(model, config.seed, k_init, config.score_std, prism)
+  keys = run_keys(config.train_seed)
+  state = rnd.init_state(prism.model, config.seed, keys[0], config.score_std, prism)
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   start = 0
   if resume:
@@ -195,138 +250,193 @@ def train(config, workdir: str, resume: bool = False) -> dict:
   print(config)
   write_partition(config, splits["train"].labels, parts, workdir)
   client_data = with_real_stats(prism, config, client_data, parts)
-
-  mesh = rnd.client_mesh()
-  client_data = rnd.shard_client_data(client_data, mesh)
-  coding_cfg = config.get("coding") or {}
-  coded = bool(coding_cfg.get("enabled")) and prism.sends_masks
-  # The round replaces the state: donating it keeps one copy of scores and loss states.
-  round_step = rnd.make_round_step(prism, mesh, with_uploads=coded, donate=True)
+  client_data = rnd.shard_client_data(client_data, rnd.client_mesh())
   n = masking.num_weights(state.scores)
-  send_probs = prism.send_probs(state.scores)
-  sends_bits = [not p for p in jax.tree.leaves(send_probs)] if send_probs else None
-  n_prob = sum(x.size for p, x in zip(jax.tree.leaves(send_probs or {}),
-                                      jax.tree.leaves(state.scores)) if p)
-  comm = communication.round_bits(n, prism.per_round, n_prob)
-  coder = concurrent.futures.ThreadPoolExecutor(1) if coded else None
+  comm = communication.round_bits(n, prism.per_round, _num_prob_weights(prism, state.scores))
+  run = Run(config, workdir, prism, splits, client_data, state, start, resume, keys, ckpt,
+            generator.init_weights(prism.model, config.seed), comm)
+  run.log = runlog.MetricsFile(os.path.join(workdir, "metrics.jsonl"), start if resume else None)
+  run.tb = runlog.TensorBoard(os.path.join(workdir, "tb"), start)
+  run.progress = runlog.Progress(config.rounds, start)
   print(f"{prism.method}: generator with {n:,} weights; upload {comm['bits_up_per_client']:,} "
         f"bits/client/round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
-  dp_cfg = config.get("dp") or {}
-  sigma, delta = prism.local.dp_noise_std, dp_cfg.get("delta", 1e-5)
+  if prism.local.dp_noise_std:
+    dp_cfg = config.get("dp") or {}
+    print(f"DP: noise std {prism.local.dp_noise_std:.4g} on theta (multiplier "
+          f"{dp.noise_multiplier(prism.local.dp_noise_std, n, dp_cfg.get('sensitivity')):.4g});"
+          f" epsilon after {config.rounds} rounds {run.privacy(config.rounds)['dp_epsilon']:.4g}"
+          f" at delta {dp_cfg.get('delta', 1e-5)}")
+  return run
 
-  def privacy(rounds_done):   # (epsilon, delta) spent so far, from the accountant
-    if not sigma:
-      return {}
-    return {"dp_epsilon": dp.epsilon(sigma, n, rounds_done, delta, dp_cfg.get("sensitivity"),
-                                     dp_cfg.get("accountant", "rdp")), "dp_delta": delta}
 
-  if sigma:
-    print(f"DP: noise std {sigma:.4g} on theta (multiplier "
-          f"{dp.noise_multiplier(sigma, n, dp_cfg.get('sensitivity')):.4g}); epsilon after "
-          f"{config.rounds} rounds {privacy(config.rounds)['dp_epsilon']:.4g} at delta {delta}")
+def _num_prob_weights(prism: rnd.Prism, scores) -> int:
+  """Weights whose upload is a float32 probability (PRISM-alpha's last layers)."""
+  send_probs = prism.send_probs(scores)
+  return sum(x.size for p, x in zip(jax.tree.leaves(send_probs or {}),
+                                    jax.tree.leaves(scores)) if p)
 
-  weights = generator.init_weights(model, config.seed)
-  dense = not prism.sends_masks
-  ev = config.get("eval") or {}
-  evaluator = None
-  if ev.get("every"):
-    evaluator = evaluation.make_evaluator(
-        model, splits, data.info(config.dataset).num_classes, k_eval, ev.get("num_samples", 1000),
-        cache_dir(config), config.dataset, ev.get("inception_weights"),
-        ev.get("domain_epochs", 3), ev.get("domain_train_examples"), dense=dense)
-  z = jax.random.normal(k_eval, (config.num_samples, model.nz))
-  sample = jax.jit(lambda w, s: generator.images(model, w, s, z, k_eval, dense))
-  log = runlog.MetricsFile(os.path.join(workdir, "metrics.jsonl"), start if resume else None)
-  tb = runlog.TensorBoard(os.path.join(workdir, "tb"), start)
-  progress = runlog.Progress(config.rounds, start)
-  t_start, seconds, eval_seconds, ckpt_seconds = time.perf_counter(), [], [], []
 
-  def evaluate(r):
+def make_step(run: Run):
+  """``step(state, r) -> (state, metrics)``: the jitted round (state donated), its metrics
+  on the host with the round's bits and privacy spent, and, when enabled, the uploads
+  entropy-coded on a host thread while the device runs (``coded_bits_up`` etc.)."""
+  prism, config = run.prism, run.config
+  coding_cfg = config.get("coding") or {}
+  coded = bool(coding_cfg.get("enabled")) and prism.sends_masks
+  round_step = rnd.make_round_step(prism, rnd.client_mesh(), with_uploads=coded, donate=True)
+  send_probs = prism.send_probs(run.state.scores)
+  sends_bits = [not p for p in jax.tree.leaves(send_probs)] if send_probs else None
+  n_prob = _num_prob_weights(prism, run.state.scores)
+  coder = concurrent.futures.ThreadPoolExecutor(1) if coded else None
+
+  def step(state, r: int):
     t0 = time.perf_counter()
-    out, _ = evaluator(weights, state.scores)
-    eval_seconds.append(time.perf_counter() - t0)
-    tb.scalars(out, r, "eval/")
+    if coded:   # the shared model: the global theta this round's clients start from
+      shared = coding.model_from_scores(state.scores, sends_bits, coding_cfg.get("floor", 1e-3))
+    new_state, m, *uploads = round_step(state, run.client_data,
+                                        jax.random.fold_in(run.keys[1], r))
+    if coded:   # host-side entropy coding of the uploads, overlapping the host work below
+      packed, ids = jax.device_get(uploads[0])
+      coding_job = coder.submit(coding.code_uploads, packed, ids, shared)
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not all(math.isfinite(v) for v in m.values()):
+      bad = [k for k, v in m.items() if not math.isfinite(v)]
+      raise FloatingPointError(
+          f"round {r + 1}: non-finite {bad}; stopping. The last good state is in "
+          f"{run.ckpt.directory} (round {run.ckpt.latest_step()}); resume from it with "
+          "--resume after changing the config (e.g. a lower learning rate)")
+    if coded:
+      m.update(coding_job.result())
+      m["coded_bits_up"] += communication.FLOAT_BITS * n_prob * prism.per_round
+    run.timings["round"].append(time.perf_counter() - t0)
+    m.update(round=r + 1, seconds=run.timings["round"][-1], **run.comm)
+    return new_state, m
+
+  step.close = coder.shutdown if coder else (lambda: None)
+  return step
+
+
+def _due(every: int | None, r: int, rounds: int) -> bool:
+  return bool(every) and (r % every == 0 or r == rounds)
+
+
+def make_evaluate(run: Run):
+  """The periodic evaluation (``config.eval.every`` rounds and the last; None when off):
+  ``evaluate(r, state) -> metrics`` of every configured view of the model."""
+  ev, config = run.config.get("eval") or {}, run.config
+  if not ev.get("every"):
+    return None
+  _, _, k_eval, k_final = run.keys
+  evaluator = evaluation.make_evaluator(
+      run.prism.model, run.splits, data.info(config.dataset).num_classes, k_eval,
+      ev.get("num_samples", 1000), cache_dir(config), config.dataset,
+      ev.get("inception_weights"), ev.get("domain_epochs", 3), ev.get("domain_train_examples"),
+      dense=run.dense, mask_key=k_final, modes=tuple(ev.get("modes") or evaluation.MODES))
+
+  def evaluate(r: int, state) -> dict:
+    with run.timed("eval"):
+      out, _ = evaluator(run.weights, state.scores)
+    run.tb.scalars(out, r, "eval/")
     return out
+  evaluate.every = ev["every"]
+  return evaluate
 
-  m = {}
+
+def make_sample_grid(run: Run):
+  """The periodic sample grid (``samples_rXXXX.png`` and TensorBoard): the model's fixed mask
+  on a fixed noise batch."""
+  model, (_, _, k_eval, k_final) = run.prism.model, run.keys
+  z = jax.random.normal(k_eval, (run.config.num_samples, model.nz))
+
+  def grid(r: int, state) -> None:
+    images = evaluation.sample(model, run.weights, state.scores, z, k_final, "fixed", run.dense)
+    visualize.save_grid(images, os.path.join(run.workdir, f"samples_r{r:04d}.png"))
+    run.tb.image("samples", visualize.grid(images), r)
+  grid.z = z
+  return grid
+
+
+def log_round(run: Run, r: int, m: dict) -> None:
+  """One round's metrics to metrics.jsonl, TensorBoard (train/, per-layer mask/) and the
+  progress display."""
+  run.log.append(m)
+  run.tb.scalars({k: v for k, v in m.items() if k != "round"
+                  and not k.startswith(("domain_", "inception_"))}, r, "train/")
+  if not run.dense:
+    run.tb.scalars({f"mask/{k}": v for k, v in layer_density(run.state.scores).items()}, r)
+  run.progress.update(r, m)
+
+
+def train(config, workdir: str, resume: bool = False) -> dict:
+  """Runs rounds up to ``config.rounds``; returns the summary also written to workdir.
+
+  With ``resume``, continues the run in ``workdir`` from its latest checkpoint and gives
+  bit-identical scores to an uninterrupted run (randomness is a function of the round).
+  """
+  run = setup(config, workdir, resume)
+  t_start = time.perf_counter()
+  step, evaluate, grid = make_step(run), make_evaluate(run), make_sample_grid(run)
   try:
-    if evaluator is not None and start == 0 and not any(r.get("round") == 0
-                                                         for r in log.rows()):
-      m0 = evaluate(0)
-      log.append({"round": 0, **m0})
-      progress.write("round 0: " + "  ".join(f"{k} {v:.4g}" for k, v in m0.items()))
-    for r in range(start, config.rounds):
-      t0 = time.perf_counter()
-      if coded:   # the shared model: the global theta this round's clients start from
-        shared = coding.model_from_scores(state.scores, sends_bits, coding_cfg.get("floor", 1e-3))
-      new_state, m, *uploads = round_step(state, client_data, jax.random.fold_in(k_rounds, r))
-      if coded:   # host-side entropy coding of the uploads, overlapping the host work below
-        packed, ids = jax.device_get(uploads[0])
-        coding_job = coder.submit(coding.code_uploads, packed, ids, shared)
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      if not all(math.isfinite(v) for v in m.values()):
-        bad = [k for k, v in m.items() if not math.isfinite(v)]
-        raise FloatingPointError(
-            f"round {r + 1}: non-finite {bad}; stopping. The last good state is in "
-            f"{ckpt.directory} (round {ckpt.latest_step()}); resume from it with --resume "
-            "after changing the config (e.g. a lower learning rate)")
-      state = new_state
-      seconds.append(time.perf_counter() - t0)
-      m.update(round=r + 1, seconds=seconds[-1], **comm, **privacy(r + 1))
-      last = r + 1 == config.rounds
-      if evaluator is not None and ((r + 1) % ev["every"] == 0 or last):
-        m.update(evaluate(r + 1))
-      if coded:
-        m.update(coding_job.result())
-        m["coded_bits_up"] += communication.FLOAT_BITS * n_prob * prism.per_round
-      log.append(m)
-      tb.scalars({k: v for k, v in m.items() if k != "round" and "_fid" not in k
-                  and not k.startswith(("domain_", "inception_"))}, r + 1, "train/")
-      if not dense:
-        tb.scalars({f"mask/{k}": v for k, v in layer_density(state.scores).items()}, r + 1)
-      progress.update(r + 1, m)
-      if config.sample_every and ((r + 1) % config.sample_every == 0 or last):
-        images = np.asarray(sample(weights, state.scores))
-        visualize.save_grid(images, os.path.join(workdir, f"samples_r{r + 1:04d}.png"))
-        tb.image("samples", visualize.grid(images), r + 1)
-      if config.checkpoint_every and ((r + 1) % config.checkpoint_every == 0 or last):
-        t0 = time.perf_counter()
-        checkpoint.save(ckpt, r + 1, state)
-        ckpt_seconds.append(time.perf_counter() - t0)
+    if evaluate and run.start == 0 and not any(row.get("round") == 0 for row in run.log.rows()):
+      m0 = evaluate(0, run.state)
+      run.log.append({"round": 0, **m0})
+      run.progress.write("round 0: " + "  ".join(f"{k} {v:.4g}" for k, v in m0.items()))
+    for r in range(run.start + 1, config.rounds + 1):
+      run.state, m = step(run.state, r - 1)
+      m.update(run.privacy(r))
+      if evaluate and _due(evaluate.every, r, config.rounds):
+        m.update(evaluate(r, run.state))
+      log_round(run, r, m)
+      if _due(config.sample_every, r, config.rounds):
+        grid(r, run.state)
+      if _due(config.checkpoint_every, r, config.rounds):
+        with run.timed("checkpoint"):
+          checkpoint.save(run.ckpt, r, run.state)
   finally:
-    if coder is not None:
-      coder.shutdown()
-    progress.close()
-    tb.close()
+    step.close()
+    run.progress.close()
+    run.tb.close()
+  return finish(run, grid.z, time.perf_counter() - t_start)
 
-  if dense:
-    model_bytes = export.save_dense(os.path.join(workdir, "model.npz"), model, state.scores)
-    final_images = sample(weights, state.scores)
+
+def finish(run: Run, z, seconds_total: float) -> dict:
+  """The end of a run: the exported model (seed + mask bits, or dense weights), the final
+  grids of each view of the model, curves and ``summary.json``."""
+  model, state, workdir, k_final = run.prism.model, run.state, run.workdir, run.keys[3]
+  path = os.path.join(workdir, "model.npz")
+  if run.dense:
+    model_bytes = export.save_dense(path, model, state.scores)
   else:
     final = export.final_mask(k_final, state.scores)
-    model_bytes = export.save_model(os.path.join(workdir, "model.npz"), model, config.seed, final)
-    final_images = jax.jit(lambda w, m: generator.apply_binary(model, w, m, z))(weights, final)
-  visualize.save_grid(np.asarray(final_images), os.path.join(workdir, "samples.png"))
-  rows = log.rows()
+    model_bytes = export.save_model(path, model, run.config.seed, final)
+    for mode in ("resampled", "threshold"):   # the other two views of the final theta
+      visualize.save_grid(evaluation.sample(model, run.weights, state.scores, z, k_final, mode),
+                          os.path.join(workdir, f"samples_{mode}.png"))
+  # The fixed view: exactly the exported model (dense: the trained weights).
+  visualize.save_grid(evaluation.sample(model, run.weights, state.scores, z, k_final, "fixed",
+                                        run.dense), os.path.join(workdir, "samples.png"))
+  rows = run.log.rows()
   visualize.save_curves(rows, os.path.join(workdir, "curves.png"))
-  summary = {"method": prism.method, "rounds": config.rounds, "num_weights": n, "resumed_at": start if resume else None,
-             "seconds_total": time.perf_counter() - t_start,
-             "seconds_per_round": float(np.median(seconds[1:] or seconds or [0.0])),
-             "seconds_per_eval": float(np.median(eval_seconds)) if eval_seconds else None,
-             "seconds_per_checkpoint": float(np.median(ckpt_seconds)) if ckpt_seconds else None,
-             "final_loss": m.get("loss"),
+  t, n = run.timings, masking.num_weights(state.scores)
+  median = lambda xs: float(np.median(xs)) if xs else None   # noqa: E731
+  summary = {"method": run.prism.method, "rounds": run.config.rounds, "num_weights": n,
+             "resumed_at": run.start if run.resumed else None, "seconds_total": seconds_total,
+             "seconds_per_round": median(t["round"][1:] or t["round"]) or 0.0,
+             "seconds_per_eval": median(t["eval"]),
+             "seconds_per_checkpoint": median(t["checkpoint"]),
+             "final_loss": rows[-1].get("loss") if rows else None,
              "model_bytes": model_bytes, "dense_float32_bytes": communication.dense_bytes(n),
-             "dp_noise_std": sigma, **comm, **privacy(config.rounds)}
+             "dp_noise_std": run.prism.local.dp_noise_std, **run.comm,
+             **run.privacy(run.config.rounds)}
   summary.update({k: v for k, v in rows[-1].items() if k.startswith(("domain_", "inception_"))}
                  if rows else {})
   coded_rows = [row for row in rows if "coded_bits_per_weight" in row]
   if coded_rows:
     summary.update({f"coded_bits_per_weight_{w}": coded_rows[i]["coded_bits_per_weight"]
                     for w, i in (("first", 0), ("middle", len(coded_rows) // 2), ("last", -1))})
-    summary["coding_seconds_per_round"] = float(np.median([row["coding_seconds"]
-                                                           for row in coded_rows]))
+    summary["coding_seconds_per_round"] = median([row["coding_seconds"] for row in coded_rows])
   summary["model_fraction_of_dense"] = model_bytes / summary["dense_float32_bytes"]
   _write_json(os.path.join(workdir, "summary.json"), summary)
-  print(f"done: {summary['seconds_total']:.0f}s; model {model_bytes:,} bytes = "
+  print(f"done: {seconds_total:.0f}s; model {model_bytes:,} bytes = "
         f"{100 * summary['model_fraction_of_dense']:.2f}% of dense float32; outputs in {workdir}")
   return summary

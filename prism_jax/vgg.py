@@ -2,13 +2,20 @@
 
 ``features(params, images)`` maps images in [-1, 1] (grey ones repeated to RGB) to the
 flattened, concatenated ReLU outputs of the last ``num_layers`` of VGG19's 16 conv layers
-(all 16 by default: 303,104 features per 32x32 image), after ImageNet normalisation.
+(all 16 by default: 303,104 features per 32x32 image).
+
+Two ways of running it (both from the same weights file):
+  * ``official=True``, as the official PRISM code runs it: ``vgg19_bn`` is never put in eval
+    mode, so its batch norms normalise with the statistics of the current batch (biased
+    variance, as PyTorch's training-mode BN), and images go in as [-1, 1] without ImageNet
+    normalisation. Features then depend on the batch they are computed in.
+  * ``official=False``: inference mode (the file's running statistics) on ImageNet-normalised
+    inputs, the way the network was trained; features are per image.
 
 Weights come from a file, never from the network: an ``.npz`` holding a torchvision
 ``vgg19`` / ``vgg19_bn`` state dict (keys ``features.<i>.weight`` ...), written from PyTorch
 with ``python -m prism_jax.vgg convert vgg19.pth vgg19.npz`` (or
 ``np.savez(path, **{k: v.numpy() for k, v in torchvision.models.vgg19(weights="IMAGENET1K_V1").state_dict().items()})``).
-BatchNorm (``vgg19_bn``) runs in inference mode with the file's running statistics.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ class VGG19(nn.Module):
   batch_norm: bool = False
   width: float = 1.0
   conv_impl: str | None = None
+  batch_stats: bool = False   # BN with the current batch's statistics (PyTorch train mode)
 
   @nn.compact
   def __call__(self, x):
@@ -55,7 +63,10 @@ class VGG19(nn.Module):
           bn = {k: self.param(f"bn{i}_{k}", init, (c,)) for k, init in (
               ("scale", nn.initializers.ones), ("bias", nn.initializers.zeros),
               ("mean", nn.initializers.zeros), ("var", nn.initializers.ones))}
-          x = (x - bn["mean"]) * jax.lax.rsqrt(bn["var"] + BN_EPS) * bn["scale"] + bn["bias"]
+          mean, var = bn["mean"], bn["var"]
+          if self.batch_stats:
+            mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
+          x = (x - mean) * jax.lax.rsqrt(var + BN_EPS) * bn["scale"] + bn["bias"]
         x = jax.nn.relu(x)
         outs.append(x)
         i += 1
@@ -64,20 +75,25 @@ class VGG19(nn.Module):
     return outs
 
 
+def to_rgb(images: jax.Array) -> jax.Array:
+  """Grey images repeated to 3 channels."""
+  return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def normalize(images: jax.Array) -> jax.Array:
   """[-1, 1] images (1 or 3 channels) -> ImageNet-normalised RGB."""
-  if images.shape[-1] == 1:
-    images = jnp.repeat(images, 3, axis=-1)
-  x = (images + 1.0) / 2.0
+  x = (to_rgb(images) + 1.0) / 2.0
   return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
 
 
 def features(params, images: jax.Array, *, num_layers: int = NUM_CONV,
-             batch_norm: bool = False, width: float = 1.0) -> jax.Array:
-  """``[B, H, W, C]`` in [-1, 1] -> ``[B, D]``: the last ``num_layers`` conv ReLU maps."""
+             batch_norm: bool = False, width: float = 1.0, official: bool = False) -> jax.Array:
+  """``[B, H, W, C]`` in [-1, 1] -> ``[B, D]``: the last ``num_layers`` conv ReLU maps
+  (``official``: batch-statistics BN on raw [-1, 1] inputs, see the module docstring)."""
   if not 1 <= num_layers <= NUM_CONV:
     raise ValueError(f"num_layers must lie in [1, {NUM_CONV}], got {num_layers}")
-  outs = VGG19(batch_norm, width).apply({"params": params}, normalize(images))
+  x = to_rgb(images) if official else normalize(images)
+  outs = VGG19(batch_norm, width, batch_stats=official).apply({"params": params}, x)
   return jnp.concatenate([o.reshape(o.shape[0], -1) for o in outs[-num_layers:]], axis=1)
 
 
@@ -153,9 +169,11 @@ def num_features(image_size: int, num_layers: int = NUM_CONV, width: float = 1.0
   return sum(dims[-num_layers:])
 
 
-def make_extractor(num_layers: int = NUM_CONV, batch_norm: bool = False, width: float = 1.0):
+def make_extractor(num_layers: int = NUM_CONV, batch_norm: bool = False, width: float = 1.0,
+                   official: bool = False):
   """``psi(params, images)`` with the layer selection bound (static under jit)."""
-  return functools.partial(features, num_layers=num_layers, batch_norm=batch_norm, width=width)
+  return functools.partial(features, num_layers=num_layers, batch_norm=batch_norm, width=width,
+                           official=official)
 
 
 def _convert(argv=None):

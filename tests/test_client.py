@@ -1,12 +1,14 @@
+import dataclasses
 import functools
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from prism_jax import client, generator
+from prism_jax import client, features, generator, losses, masking
 
 
 def test_sample_batch_never_reads_padding():
@@ -37,8 +39,8 @@ def test_local_training_lowers_loss_and_uploads_bits(tiny_model, tiny_objective,
   images = jnp.zeros((1, 32, 16, 16, 1), jnp.uint8).at[:, :, 4:12, 6:10].set(255)  # a bar
   cfg = client.LocalConfig(local_steps=30, batch_size=16, learning_rate=0.1)
   update = jax.jit(functools.partial(client.client_update, objective=tiny_objective, cfg=cfg))
-  mask, loss_state, metrics = update(s, w, images[0], jnp.int32(32), key)
-  assert loss_state == ()
+  mask, local, metrics = update(s, w, images[0], jnp.int32(32), key)
+  assert local == client.LocalState()
   assert float(metrics["loss_last"]) < float(metrics["loss_first"])
   chex.assert_trees_all_equal_shapes(mask, s)
   assert all(m.dtype == jnp.bool_ for m in jax.tree.leaves(mask))
@@ -57,7 +59,53 @@ def test_client_final_dp_noise_changes_upload(tiny_model, key):
                                           (dict(learning_rate=0.0), "learning_rate"),
                                           (dict(estimator="gumbel"), "estimator"),
                                           (dict(dp_clip=0.6), "clip"),
-                                          (dict(dp_noise_std=-1.0), "noise")])
+                                          (dict(dp_noise_std=-1.0), "noise"),
+                                          (dict(dp_mode="clamp"), "dp_mode")])
 def test_bad_local_config(kwargs, match):
   with pytest.raises(ValueError, match=match):
     client.LocalConfig(**kwargs)
+
+
+
+def test_carried_optimizer_state_equals_a_manual_two_round_loop(tiny_model, key):
+  """Official behaviour: Adam's moments and step count survive the round boundary, where only
+  the scores are replaced by the new global ones."""
+  objective = client.Objective(tiny_model, features.pixels, losses.gaussian_mmd)
+  w = generator.init_weights(tiny_model, 0)
+  s0 = generator.init_scores(key, w)
+  s1 = generator.init_scores(jax.random.key(9), w)          # "the next round's global scores"
+  images = jax.random.randint(jax.random.key(2), (8, 16, 16, 1), 0, 256).astype(jnp.uint8)
+  cfg = client.LocalConfig(local_steps=3, batch_size=8, carry_optimizer=True)
+  update = jax.jit(functools.partial(client.client_update, objective=objective, cfg=cfg))
+  k1, k2 = jax.random.key(11), jax.random.key(12)
+  local0 = client.init_local_state(objective, cfg, s0)
+  _, local1, _ = update(s0, w, images, jnp.int32(8), k1, local=local0)
+  _, local2, _ = update(s1, w, images, jnp.int32(8), k2, local=local1)
+
+  # By hand, with the same keys (client_update splits its key as below).
+  opt_state = cfg.optimizer().init(s0)
+  for s, k in ((s0, k1), (s1, k2)):
+    for kk in jax.random.split(jax.random.split(k)[0], cfg.local_steps):
+      k_batch, k_loss = jax.random.split(kk)
+      real = client.sample_batch(k_batch, images, jnp.int32(8), cfg.batch_size)
+      g = jax.grad(lambda x: objective(x, w, real, k_loss)[0])(s)
+      updates, opt_state = cfg.optimizer().update(g, opt_state, s)
+      s = optax.apply_updates(s, updates)
+  chex.assert_trees_all_close(local2.opt, opt_state, rtol=1e-5, atol=1e-6)
+  assert int(jax.tree.leaves(local2.opt)[0]) == 2 * cfg.local_steps   # Adam's step count
+
+  # Without carrying, each round starts a fresh optimizer and keeps no optimizer state.
+  fresh = dataclasses.replace(cfg, carry_optimizer=False)
+  _, local, _ = jax.jit(functools.partial(client.client_update, objective=objective,
+                                          cfg=fresh))(s1, w, images, jnp.int32(8), k2)
+  assert local.opt == ()
+
+
+def test_official_dp_mode_clamps_scores_and_adds_no_noise(tiny_model, key):
+  s = generator.init_scores(key, generator.init_weights(tiny_model, 0))
+  state = client.client_init(s, client.LocalConfig())
+  cfg = client.LocalConfig(dp_mode="official", dp_noise_std=5.0, dp_clip=0.1)
+  got = client.client_final(state, jax.random.key(5), cfg)
+  k_mask = jax.random.split(jax.random.key(5))[1]
+  theta = jax.tree.map(lambda x: jnp.clip(x, 0.1, 0.9), s)     # raw scores as probabilities
+  chex.assert_trees_all_equal(got, masking.sample_binary(k_mask, theta))

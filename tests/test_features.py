@@ -20,6 +20,29 @@ def test_client_stats_use_only_each_clients_rows():
     np.testing.assert_allclose(var[k], x.var(0, ddof=1), atol=1e-5)
 
 
+def test_batch_dependent_stats_use_local_size_batches():
+  """A batch-dependent extractor (official VGG19's batch-statistics BN) is fed shuffled
+  batches of the given size; here it centres each batch, so the mean is 0 and the variance
+  is the within-batch one."""
+  images, counts = _clients()
+  shapes = []
+
+  def centre(params, x):
+    shapes.append(x.shape[0])
+    x = x.reshape(x.shape[0], -1)
+    return x - x.mean(0)
+  ext = features.Extractor("centre", centre, batch_dependent=True)
+  mean, var = features.client_stats(ext, images, counts, 8)
+  assert set(shapes) == {8, 4, 7, 2}      # 20 = 8 + 8 + 4; 7; 2: the last batch is smaller
+  np.testing.assert_allclose(mean, 0.0, atol=1e-6)
+  x = images[2, :2].reshape(2, -1).astype(np.float64) / 127.5 - 1   # one batch: the variance
+  np.testing.assert_allclose(var[2], x.var(0, ddof=1), atol=1e-5)
+  full, _ = features.client_stats(ext, images, counts, 32)        # batch >= data: one batch
+  np.testing.assert_allclose(full, 0.0, atol=1e-6)
+  per_image = features.client_stats(features.get_extractor("pixels"), images, counts, 8)[1]
+  assert np.all(var[0] <= per_image[0] + 1e-5) and np.any(var[0] < per_image[0] - 1e-3)
+
+
 def test_stats_cache_reused_and_corrupt_cache_recomputed(tmp_path, monkeypatch):
   images, counts = _clients()
   ext = features.get_extractor("pixels")

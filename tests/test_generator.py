@@ -33,10 +33,23 @@ def test_weights_reproducible_from_seed_and_signed_constant(tiny_model):
   c = generator.init_weights(tiny_model, 8)
   chex.assert_trees_all_equal(a, b)
   assert not np.array_equal(a["block0"]["conv1"]["kernel"], c["block0"]["conv1"]["kernel"])
-  for leaf in jax.tree.leaves(a):
-    fan_in = np.prod(leaf.shape[:-1])
+  for path, leaf in jax.tree_util.tree_leaves_with_path(a):
+    kh, kw, cin, cout = leaf.shape
+    # The input ConvTranspose uses PyTorch's fan-in of its [in, out, k, k] weight: out * k * k.
+    fan_in = kh * kw * (cout if path[0].key == "input" else cin)
     np.testing.assert_allclose(np.abs(leaf), np.sqrt(2.0 / fan_in), rtol=1e-6)
     assert 0.3 < np.mean(leaf > 0) < 0.7   # both signs present
+
+
+def test_input_fan_matches_pytorch_convtranspose_fan_in():
+  """The official scale at the paper size: sqrt(2 / (512 * 16)), half the nz-fan scale."""
+  torch_fan = generator.init_weights(generator.ResNetGenerator(32, 1, 128, 64), 0)
+  nz_fan = generator.init_weights(generator.ResNetGenerator(32, 1, 128, 64, input_fan="nz"), 0)
+  np.testing.assert_allclose(np.abs(torch_fan["input"]["kernel"]), np.sqrt(2 / (512 * 4 * 4)),
+                             rtol=1e-6)
+  np.testing.assert_allclose(np.abs(nz_fan["input"]["kernel"]), np.sqrt(2 / (128 * 4 * 4)),
+                             rtol=1e-6)
+  chex.assert_trees_all_equal(torch_fan["block0"], nz_fan["block0"])   # other layers as before
 
 
 @pytest.mark.parametrize("ksize", [1, 3])
@@ -70,7 +83,8 @@ def test_impls_give_same_images(tiny_model):
 
 @pytest.mark.parametrize("kwargs,match", [(dict(image_size=24), "power of two"),
                                           (dict(image_size=4), "power of two"),
-                                          (dict(channels=2), "channels")])
+                                          (dict(channels=2), "channels"),
+                                          (dict(input_fan="fan_out"), "input_fan")])
 def test_bad_generator_config(kwargs, match):
   with pytest.raises(ValueError, match=match):
     generator.ResNetGenerator(**kwargs)

@@ -23,11 +23,12 @@ def test_smoke_suite_runs_on_tfds_data_and_writes_the_report(tmp_path, monkeypat
   results.main(args)
   with open(runs / "cifar10-dirichlet-prism" / "summary.json") as f:
     summary = json.load(f)
-  assert summary["rounds"] == 2 and summary["domain_fid"] > 0
+  assert summary["rounds"] == 2 and summary["domain_fid_fixed"] > 0
   text = out.read_text()
   # The finished run is in the table with its measured numbers; the one whose data is not
   # prepared is listed with the command that prepares it.
-  assert "| cifar10 | dirichlet | PRISM | " + results._fmt(summary["domain_fid"]) in text
+  assert ("| cifar10 | dirichlet | PRISM | 0 | " + results._fmt(summary["domain_fid_fixed"])
+          + " | " + results._fmt(summary["domain_fid_resampled"])) in text
   assert "fashion_mnist-iid-dp" in text and "tfds build fashion_mnist" in text
   assert (figs / "smoke_curves.png").exists() and (figs / "smoke_samples_dirichlet.png").exists()
   # A second call reuses the finished run instead of training again.
@@ -46,13 +47,41 @@ def _fake(name, split, label, **summary):
 
 
 def test_claims_are_computed_from_the_summaries():
-  rs = [_fake("a", "dirichlet", "PRISM", domain_fid=50.0),
-        _fake("b", "dirichlet", "PRISM w/o MADA", domain_fid=40.0),
+  rs = [_fake("a", "dirichlet", "PRISM", domain_fid_fixed=50.0),
+        _fake("b", "dirichlet", "PRISM w/o MADA", domain_fid_fixed=40.0),
         _fake("c", "dirichlet", "dense FedAvg", bits_up=3200, model_fraction_of_dense=1.0,
-              domain_fid=20.0)]
+              domain_fid_fixed=20.0)]
   text = "\n".join(results.claims(rs))
   assert "uploads 96.9% fewer bits" in text and "held for the upload" in text
   # Total = up + down: 1 - 3300 / 6400 = 48.4%, which does not reach 60%.
   assert "48.4% lower (did not hold" in text
   assert "3.00% of the dense float32 generator: held" in text
-  assert "50 with MADA vs 40 without: did not hold" in text
+  assert ("Dirichlet(0.005), 1 seed(s)**, final domain-FID: fixed mask 50 with MADA vs 40 "
+          "without (MADA better on 0 of 1). MADA helps: did not hold") in text
+
+
+def test_mada_verdict_over_seeds_reports_mean_spread_and_wins():
+  fids = {("PRISM", 0): 30.0, ("PRISM", 1): 34.0, ("PRISM", 2): 50.0,
+          ("PRISM w/o MADA", 0): 40.0, ("PRISM w/o MADA", 1): 44.0, ("PRISM w/o MADA", 2): 42.0}
+  rs = []
+  for (label, seed), fid in fids.items():
+    r = _fake(f"{label}{seed}", "dirichlet", label, domain_fid_fixed=fid,
+              domain_fid_resampled=fid - 5)
+    r["run"] = results.Run(f"{label}{seed}", "mnist", "dirichlet", label=label, seed=seed)
+    rs.append(r)
+  [line] = results.mada_verdict(rs)
+  # mean and sample std (sqrt(112) = 10.6) over the 3 seeds; MADA is better on seeds 0 and 1 only.
+  assert "fixed mask 38 ± 11 with MADA vs 42 ± 2 without (MADA better on 2 of 3)" in line
+  assert "resampled mask 33 ± 11 with MADA vs 37 ± 2 without" in line
+  assert line.endswith("MADA helps: mixed at this scale.")
+
+
+def test_rounds_and_bits_to_target_come_from_the_metrics_rows():
+  r = _fake("a", "iid", "PRISM")
+  r["rows"] = [{"round": 0, "domain_fid_fixed": 500.0},
+               {"round": 1, "bits_up": 100, "bits_down": 3200},
+               {"round": 2, "bits_up": 100, "coded_bits_up": 40, "bits_down": 3200,
+                "domain_fid_fixed": 80.0}]
+  [_, _, row] = results.to_target_table([r])
+  # 200 and 100 first reached at round 2, after 3300 + 3240 bits; 50 and 30 never.
+  assert row == "| iid | PRISM | 0 | 2, 6.54e+03 | 2, 6.54e+03 | not reached | not reached |"

@@ -209,11 +209,11 @@ def test_gfmn_round_keeps_per_client_moving_averages(tiny_model):
   assert mean.shape == (4, 16 * 16)
   data = rnd.ClientData(data.images, data.counts, (jnp.asarray(mean), jnp.asarray(var)))
   state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
-  chex.assert_shape(state.local_states.v_mean, (4, 256))
+  chex.assert_shape(state.local_states.loss.v_mean, (4, 256))
   step = rnd.make_round_step(prism)
   new, metrics = step(state, data, jax.random.key(1))
   chex.assert_tree_all_finite(metrics)
-  moved = np.any(np.asarray(new.local_states.v_mean) != 0, axis=1)
+  moved = np.any(np.asarray(new.local_states.loss.v_mean) != 0, axis=1)
   assert moved.sum() == 2                       # the two participants, no one else
   with pytest.raises(ValueError, match="real_stats"):
     step(state, _data(), jax.random.key(1))
@@ -248,3 +248,22 @@ def test_donated_round_reuses_the_state_buffers(tiny_model, tiny_objective):
   assert all(x.is_deleted() for x in jax.tree.leaves(mine.scores))   # donated, not copied
   got, _ = donating(got, data, jax.random.key(2))                    # and again: 1 executable
   assert donating.jitted._cache_size() == 1
+
+
+def test_carried_optimizer_state_lives_in_the_round_state(tiny_model):
+  """Official behaviour in the jitted round: each participant's Adam state (step count,
+  moments) is written back per client; the others' stay as they were."""
+  objective = client.Objective(tiny_model, features.pixels, losses.gaussian_mmd)
+  local = client.LocalConfig(local_steps=2, batch_size=4, carry_optimizer=True)
+  prism = rnd.Prism(objective, local, num_clients=4, clients_per_round=2)
+  state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
+  step = rnd.make_round_step(prism)
+  counts = lambda s: np.asarray(jax.tree.leaves(s.local_states.opt)[0])   # noqa: E731
+  np.testing.assert_array_equal(counts(state), 0)
+  seen = np.zeros(4, int)
+  for r in range(3):
+    key = jax.random.key(r)
+    idx, _ = rnd.select_clients(jax.random.split(key, 3)[0], 4, 2, 2)
+    seen[np.asarray(idx)] += 1
+    state, _ = step(state, _data(4), key)
+    np.testing.assert_array_equal(counts(state), 2 * seen)

@@ -47,15 +47,21 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
     rows = [json.loads(l) for l in f]
   assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
   assert rows[-1]["loss"] < rows[1]["loss"]
-  # Evaluation at rounds 0, 2, 4 on the domain embedder, named as such.
-  assert [r["round"] for r in rows if "domain_fid" in r] == [0, 2, 4]
-  assert all(0 <= rows[-1][f"domain_{k}"] <= 1 for k in ("precision", "recall", "coverage"))
-  assert rows[-1]["domain_is"] >= 1 and summary["domain_fid"] == rows[-1]["domain_fid"]
+  # Evaluation at rounds 0, 2, 4 on the domain embedder, named as such, for each view of the
+  # model: the fixed (exported) mask, a mask resampled per batch (official), theta > 0.5.
+  assert [r["round"] for r in rows if "domain_fid_fixed" in r] == [0, 2, 4]
+  for mode in ("fixed", "resampled", "threshold"):
+    assert all(0 <= rows[-1][f"domain_{k}_{mode}"] <= 1
+               for k in ("precision", "recall", "coverage"))
+    assert rows[-1][f"domain_is_{mode}"] >= 1
+    assert summary[f"domain_fid_{mode}"] == rows[-1][f"domain_fid_{mode}"]
+  assert len({rows[-1][f"domain_fid_{m}"] for m in ("fixed", "resampled", "threshold")}) == 3
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   ea = EventAccumulator(os.path.join(workdir, "tb"))
   ea.Reload()
   tags = ea.Tags()
-  assert {"train/loss", "train/mada_lambda", "train/bits_up", "eval/domain_fid",
+  assert {"train/loss", "train/mada_lambda", "train/bits_up", "eval/domain_fid_fixed",
+          "eval/domain_fid_resampled", "eval/domain_fid_threshold",
           "mask/output", "mask/block0/conv1", "train/coded_bits_per_weight",
           "train/model_entropy_bits"} <= set(tags["scalars"])
   # Entropy-coded uploads: measured every round, close to the ideal, never above 1 bit + 1 B.
@@ -68,7 +74,8 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
   assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4]
   assert tags["images"] == ["samples"]
   assert os.path.exists(os.path.join(workdir, "curves.png"))
-  for name in ("samples.png", "samples_r0002.png", "config.json", "partition.json"):
+  for name in ("samples.png", "samples_resampled.png", "samples_threshold.png",
+               "samples_r0002.png", "config.json", "partition.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert Image.open(os.path.join(workdir, "samples.png")).size[0] > 16
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]

@@ -1,5 +1,7 @@
 """VGG19 extractor: torchvision-layout weights file -> Flax, against an independent NCHW
 reference computed on the same weights."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -24,10 +26,12 @@ def _random_state(batch_norm, seed=0):
   return state
 
 
-def _reference(state, images, batch_norm):
-  """torchvision's forward in NCHW with OIHW kernels, written independently."""
+def _reference(state, images, batch_norm, train_mode=False):
+  """torchvision's forward in NCHW with OIHW kernels, written independently; ``train_mode``:
+  as the official PRISM code runs it (BN on batch statistics, raw [-1, 1] inputs)."""
   x = (np.repeat(images, 3, -1) if images.shape[-1] == 1 else images)
-  x = ((x + 1) / 2 - np.array(vgg.IMAGENET_MEAN)) / np.array(vgg.IMAGENET_STD)
+  if not train_mode:
+    x = ((x + 1) / 2 - np.array(vgg.IMAGENET_MEAN)) / np.array(vgg.IMAGENET_STD)
   x = jnp.asarray(x.transpose(0, 3, 1, 2), jnp.float32)
   feats, idx = [], 0
   for block in vgg.BLOCKS:
@@ -40,6 +44,9 @@ def _reference(state, images, batch_norm):
       if batch_norm:
         g, be, m, v = (state[f"features.{idx}.{k}"][None, :, None, None]
                        for k in ("weight", "bias", "running_mean", "running_var"))
+        if train_mode:   # PyTorch training mode: this batch's mean and biased variance
+          m = jnp.mean(x, axis=(0, 2, 3), keepdims=True)
+          v = jnp.mean(jnp.square(x - m), axis=(0, 2, 3), keepdims=True)
         x = (x - m) / np.sqrt(v + 1e-5) * g + be
         idx += 1
       x = jax.nn.relu(x)
@@ -50,14 +57,16 @@ def _reference(state, images, batch_norm):
   return feats
 
 
-@pytest.mark.parametrize("batch_norm,channels", [(False, 3), (True, 1)])
-def test_converted_weights_match_reference(tmp_path, batch_norm, channels):
+@pytest.mark.parametrize("batch_norm,channels,official", [(False, 3, False), (True, 1, False),
+                                                          (True, 1, True), (True, 3, True)])
+def test_converted_weights_match_reference(tmp_path, batch_norm, channels, official):
   state = _random_state(batch_norm)
   np.savez(tmp_path / "vgg.npz", **state)
   params = vgg.load_params(str(tmp_path / "vgg.npz"), width=WIDTH)
   images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, channels)).astype(np.float32)
-  ours = vgg.features(params, jnp.asarray(images), batch_norm=batch_norm, width=WIDTH)
-  ref = _reference(state, images, batch_norm)
+  ours = vgg.features(params, jnp.asarray(images), batch_norm=batch_norm, width=WIDTH,
+                      official=official)
+  ref = _reference(state, images, batch_norm, train_mode=official)
   chex.assert_shape(ours, (3, vgg.num_features(32, width=WIDTH)))
   # Per-channel statistics are invariant to the NHWC vs NCHW flattening order.
   start = 0
@@ -67,6 +76,17 @@ def test_converted_weights_match_reference(tmp_path, batch_norm, channels):
     np.testing.assert_allclose(got, np.asarray(r).transpose(0, 2, 3, 1), rtol=2e-4, atol=2e-4)
     start += n
   assert start == ours.shape[1]
+
+
+def test_official_features_depend_on_the_batch():
+  """Batch-statistics BN: an image's features change with its batch-mates (official code);
+  inference-mode BN: they do not."""
+  params = vgg.init_params(jax.random.key(0), batch_norm=True, width=WIDTH)
+  x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 1), minval=-1, maxval=1)
+  for official, same in ((True, False), (False, True)):
+    f = functools.partial(vgg.features, params, batch_norm=True, width=WIDTH, official=official)
+    alone, in_batch = f(x[:2])[0], f(x)[0]
+    assert bool(jnp.allclose(alone, in_batch, atol=1e-5)) == same
 
 
 def test_layer_selection_and_feature_count():

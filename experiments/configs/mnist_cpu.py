@@ -31,6 +31,8 @@ def get_config():
   c.ngf = 8
   c.seed = 0
   c.score_std = 1.0
+  c.input_fan = "torch"                      # first layer's init fan-in: "torch" (official,
+                                             # out*k*k) or "nz" (true fan-in, 2x the scale)
   # Local objective.
   c.features = "pixels"                      # or "vgg19" (weights file in features_kwargs)
   c.features_kwargs = ml_collections.ConfigDict()
@@ -38,8 +40,8 @@ def get_config():
   c.cache_dir = ml_collections.config_dict.placeholder(str)  # real-feature stats cache
   c.local = ml_collections.ConfigDict(dict(
       local_steps=50, batch_size=64, optimizer_name="adam", learning_rate=0.1, b1=0.5,
-      b2=0.999, estimator="prob",
-      dp_noise_std=0.0, dp_clip=0.1))
+      b2=0.999, estimator="prob", carry_optimizer=False,
+      dp_noise_std=0.0, dp_clip=0.1, dp_mode="algorithm"))
   # Differential privacy: set dp.epsilon to calibrate local.dp_noise_std to it over
   # `rounds` (dp-accounting); the spent (epsilon, delta) is logged every round.
   c.dp = ml_collections.ConfigDict(dict(
@@ -67,6 +69,9 @@ def get_config():
   # a weights file is given.
   c.eval = ml_collections.ConfigDict(dict(
       every=5, num_samples=1000, domain_epochs=3,
+      # fixed: the exported 1-bit model; resampled: a fresh mask per batch of 128 (official
+      # protocol, the stochastic model theta); threshold: theta > 0.5.
+      modes=("fixed", "resampled", "threshold"),
       domain_train_examples=ml_collections.config_dict.placeholder(int),   # None: all
       inception_weights=ml_collections.config_dict.placeholder(str)))
   c.checkpoint_every = 5
