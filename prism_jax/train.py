@@ -55,8 +55,11 @@ def build(config):
   model = generator.ResNetGenerator(config.image_size, image_channels(config), config.nz,
                                     config.ngf, input_fan=config.get("input_fan", "torch"))
   fkw = dict(config.get("features_kwargs") or {})
-  if config.features == "vgg19":
+  if config.features in ("vgg19", "cnn"):
     fkw.setdefault("image_size", config.image_size)
+  if config.features == "cnn":   # trained on the dataset's held-out split, cached
+    fkw.update(dataset=config.dataset, cache_dir=cache_dir(config),
+               data_dir=config.get("data_dir"))
   extractor = features.get_extractor(config.features, **fkw)
   loss_kwargs = dict(config.loss.get("kwargs", {}))
   objective = client.Objective(model, extractor,

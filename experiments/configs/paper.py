@@ -64,6 +64,8 @@ def get_config(arg: str = "mnist,dirichlet"):
     c.divide = 1                       # each client: one attribute value (paper, CelebA)
   c.min_client_size = 10
   c.local.carry_optimizer = True       # official: each client's Adam lives for the whole run
+  c.local.estimator, c.local.learning_rate = "prob", 0.1   # official: grad * theta, Adam 0.1
+  c.ngf, c.clients_per_round = 8, 4    # the cpu scale below; the paper's are set further down
   if "smoke" in flags:
     c.image_size, c.nz, c.ngf = 16, 16, 4
     c.num_clients, c.clients_per_round, c.min_client_size = 4, None, 1

@@ -1,0 +1,36 @@
+"""The paper configs run the official code's behaviours; flags that exclude each other and
+a DP setting that would claim privacy it has not are refused before any run starts."""
+import pytest
+
+from experiments.configs import mnist_cpu, paper
+from prism_jax import train
+
+
+@pytest.mark.parametrize("arg", ["mnist,dirichlet", "cifar10,iid,cpu", "mnist_offline,shards,smoke"])
+def test_paper_configs_use_the_official_behaviours(arg):
+  c = paper.get_config(arg)
+  assert c.local.carry_optimizer and c.input_fan == "torch"
+  assert (c.local.estimator, c.local.learning_rate, c.local.b1) == ("prob", 0.1, 0.5)
+  assert tuple(c.eval.modes) == ("fixed", "resampled", "threshold")
+  if "cpu" not in arg and "smoke" not in arg:
+    assert c.features == "vgg19" and c.features_kwargs.official
+    assert c.loss.kwargs.v_init == "torch" and c.ngf == 64 and c.clients_per_round is None
+
+
+def test_official_dp_flag_and_its_refusals(tmp_path):
+  c = paper.get_config("mnist_offline,dirichlet,cpu,dpofficial")
+  assert c.local.dp_mode == "official" and c.dp.epsilon is None
+  assert train.build(c).local.dp_mode == "official"
+  with pytest.raises(ValueError, match="dp and dpofficial exclude each other"):
+    paper.get_config("mnist,dirichlet,dp,dpofficial")
+  c.dp.epsilon = 9.8
+  with pytest.raises(ValueError, match="no privacy guarantee"):
+    train.build(c)
+
+
+def test_default_run_is_pure_prism():
+  """The offline default: masks only, 1 bit per weight up, MADA on."""
+  c = mnist_cpu.get_config()
+  prism = train.build(c)
+  assert prism.method == "prism" and prism.alpha == 0 and prism.server.mada
+  assert prism.sends_masks and prism.local.carry_optimizer
