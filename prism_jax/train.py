@@ -2,8 +2,12 @@
 
 ``train(config, workdir)`` runs one experiment described by an ``ml_collections`` config
 (see ``experiments/configs/``) and writes everything it produced into ``workdir``:
-``config.json``, ``partition.json`` / ``partition.png``, ``metrics.jsonl``, ``samples_rXXXX.png`` / ``samples.png``,
-``checkpoints/`` (orbax), ``model.npz`` (seed + packed mask) and ``summary.json``.
+``config.json``, ``partition.json`` / ``partition.png``, ``metrics.jsonl``, ``tb/``,
+``samples_rXXXX.png`` / ``samples[_resampled|_threshold].png``, ``checkpoints/`` (orbax),
+``model.npz`` (seed + packed mask) and ``summary.json``. It reads as a loop:
+:func:`setup` (config, data, state, logs), then per round :func:`make_step`'s jitted round
+followed by the periodic actions (evaluation, logging, sample grid, checkpoint), then
+:func:`finish` (export, final grids, summary).
 """
 from __future__ import annotations
 
@@ -345,18 +349,18 @@ def make_evaluate(run: Run):
   return evaluate
 
 
-def make_sample_grid(run: Run):
-  """The periodic sample grid (``samples_rXXXX.png`` and TensorBoard): the model's fixed mask
-  on a fixed noise batch."""
-  model, (_, _, k_eval, k_final) = run.prism.model, run.keys
-  z = jax.random.normal(k_eval, (run.config.num_samples, model.nz))
+def grid_noise(run: Run) -> jax.Array:
+  """The fixed noise batch of every sample grid of a run."""
+  return jax.random.normal(run.keys[2], (run.config.num_samples, run.prism.model.nz))
 
-  def grid(r: int, state) -> None:
-    images = evaluation.sample(model, run.weights, state.scores, z, k_final, "fixed", run.dense)
-    visualize.save_grid(images, os.path.join(run.workdir, f"samples_r{r:04d}.png"))
-    run.tb.image("samples", visualize.grid(images), r)
-  grid.z = z
-  return grid
+
+def save_sample_grid(run: Run, r: int, state) -> None:
+  """The periodic sample grid (``samples_rXXXX.png`` and TensorBoard): the model's fixed
+  mask (the one exported if the run stopped here) on the fixed noise batch."""
+  images = evaluation.sample(run.prism.model, run.weights, state.scores, grid_noise(run),
+                             run.keys[3], "fixed", run.dense)
+  visualize.save_grid(images, os.path.join(run.workdir, f"samples_r{r:04d}.png"))
+  run.tb.image("samples", visualize.grid(images), r)
 
 
 def log_round(run: Run, r: int, m: dict) -> None:
@@ -378,7 +382,7 @@ def train(config, workdir: str, resume: bool = False) -> dict:
   """
   run = setup(config, workdir, resume)
   t_start = time.perf_counter()
-  step, evaluate, grid = make_step(run), make_evaluate(run), make_sample_grid(run)
+  step, evaluate = make_step(run), make_evaluate(run)
   try:
     if evaluate and run.start == 0 and not any(row.get("round") == 0 for row in run.log.rows()):
       m0 = evaluate(0, run.state)
@@ -391,7 +395,7 @@ def train(config, workdir: str, resume: bool = False) -> dict:
         m.update(evaluate(r, run.state))
       log_round(run, r, m)
       if _due(config.sample_every, r, config.rounds):
-        grid(r, run.state)
+        save_sample_grid(run, r, run.state)
       if _due(config.checkpoint_every, r, config.rounds):
         with run.timed("checkpoint"):
           checkpoint.save(run.ckpt, r, run.state)
@@ -399,13 +403,14 @@ def train(config, workdir: str, resume: bool = False) -> dict:
     step.close()
     run.progress.close()
     run.tb.close()
-  return finish(run, grid.z, time.perf_counter() - t_start)
+  return finish(run, time.perf_counter() - t_start)
 
 
-def finish(run: Run, z, seconds_total: float) -> dict:
+def finish(run: Run, seconds_total: float) -> dict:
   """The end of a run: the exported model (seed + mask bits, or dense weights), the final
   grids of each view of the model, curves and ``summary.json``."""
   model, state, workdir, k_final = run.prism.model, run.state, run.workdir, run.keys[3]
+  z = grid_noise(run)
   path = os.path.join(workdir, "model.npz")
   if run.dense:
     model_bytes = export.save_dense(path, model, state.scores)
