@@ -384,8 +384,9 @@ def figures(results: list[dict], fig_dir: str, suite: str) -> list[str]:
     fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.2), squeeze=False,
                              dpi=100)
     for ax, split in zip(axes[0], splits):
-      panel(ax, split, "domain_fid_fixed", _cumulative_bits)
-      ax.set_xscale("symlog", linthresh=1e6)
+      panel(ax, split, "domain_fid_fixed",   # round 0 (nothing sent yet) is off a log axis
+            lambda r: {k: v for k, v in _cumulative_bits(r).items() if v > 0})
+      ax.set_xscale("log")
       ax.set_title(f"{split}: domain-FID (fixed mask) vs bits sent (up + down)", fontsize=8)
       ax.set_xlabel("cumulative bits, all clients", fontsize=8)
       ax.legend(fontsize=6)
