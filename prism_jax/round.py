@@ -33,8 +33,9 @@ AXIS = "clients"
 class ServerState:
   """The simulation's state: the frozen network's seed, the global scores, the round
   counter and each client's :class:`~prism_jax.client.LocalState` (GFMN moving averages,
-  carried optimizer state; leading axis K; in a deployment it stays on the clients). For the baselines,
-  ``scores`` holds the dense weights (``"fedavg"``) and ``aux`` FedPM's Beta posteriors."""
+  carried optimizer state; leading axis K; in a deployment it stays on the clients). For
+  the baselines, ``scores`` holds the dense weights (``"fedavg"``) and ``aux`` FedPM's Beta
+  posteriors."""
   seed: jax.Array    # int32 []; weights = generator.init_weights(model, seed)
   scores: Any        # PyTree like the generator's params
   round: jax.Array   # int32 []
