@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from prism_jax import data
+from prism_jax import data, evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ SUITES = {"mnist_cpu": _mnist_cpu, "smoke": _smoke, "paper": _paper, "mnist_long
 # Suites whose finished runs are kept in the repository (checkpoints and event files are
 # ignored), so that a long suite continues on another machine from its finished runs.
 COMMITTED_RUNS = {"mnist_long": os.path.join("results", "mnist_long")}
-MODES = ("fixed", "resampled", "threshold")   # prism_jax.evaluation.MODES
+MODES = evaluation.MODES
 FID_TARGETS = (200.0, 100.0, 50.0, 30.0)       # domain-FID levels for rounds / bits to target
 
 

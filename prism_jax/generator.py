@@ -210,15 +210,6 @@ def generate(model: ResNetGenerator, weights, scores, z, key=None, mode="sample"
   return model.apply({"params": masking.apply_masks(weights, mask_tree)}, z)
 
 
-def images(model: ResNetGenerator, weights, params, z, key=None, dense: bool = False):
-  """Samples of a run's global state: the masked generator with a mask sampled from
-  ``params`` (scores) with ``key``, or, when ``dense`` (the FedAvg baseline), the generator
-  with the trained weights ``params`` (``weights`` unused)."""
-  if dense:
-    return model.apply({"params": params}, z)
-  return generate(model, weights, params, z, key, "sample")
-
-
 def apply_binary(model: ResNetGenerator, weights, binary_masks, z):
   """Images from a fixed binary mask (the exported model)."""
   return model.apply({"params": masking.apply_masks(weights, binary_masks)}, z)

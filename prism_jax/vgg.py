@@ -63,10 +63,11 @@ class VGG19(nn.Module):
           bn = {k: self.param(f"bn{i}_{k}", init, (c,)) for k, init in (
               ("scale", nn.initializers.ones), ("bias", nn.initializers.zeros),
               ("mean", nn.initializers.zeros), ("var", nn.initializers.ones))}
-          mean, var = bn["mean"], bn["var"]
           if self.batch_stats:
-            mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
-          x = (x - mean) * jax.lax.rsqrt(var + BN_EPS) * bn["scale"] + bn["bias"]
+            x = generator.batch_norm(x, BN_EPS)
+          else:
+            x = (x - bn["mean"]) * jax.lax.rsqrt(bn["var"] + BN_EPS)
+          x = x * bn["scale"] + bn["bias"]
         x = jax.nn.relu(x)
         outs.append(x)
         i += 1
