@@ -21,6 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from prism_jax import server
+
 METHODS = ("prism", "fedpm", "fedavg")
 
 
@@ -40,23 +42,31 @@ def beta_init(scores):
   return ones, ones
 
 
-def fedpm_update(beta_state, masks, client_weights: jax.Array, round_: jax.Array,
-                 reset_every: int, eps: float = 0.01):
-  """Posterior update from the bool ``masks [K, ...]``; returns ``(theta, beta_state)``.
+def fedpm_rebuild(beta_state, counts, participants, round_: jax.Array,
+                  reset_every: int, eps: float = 0.01):
+  """Posterior update from a round's mask counts (:func:`prism_jax.server.tally`, the same
+  downlink message as PRISM's); returns ``(theta, beta_state)``.
 
-  ``client_weights [K]`` is 1 for a participant and 0 for an empty slot. ``theta`` is clipped
-  to ``[eps, 1 - eps]`` so that ``logit(theta)`` (the new global scores) is finite.
+  ``a += counts``, ``b += participants - counts``, after a reset to ``Beta(1, 1)`` every
+  ``reset_every`` rounds. ``theta`` is clipped to ``[eps, 1 - eps]`` so that
+  ``logit(theta)`` (the new global scores) is finite.
   """
   fresh = (round_ % reset_every) == 0
   a, b = jax.tree.map(lambda x: jnp.where(fresh, jnp.ones_like(x), x), beta_state)
-  n = jnp.sum(client_weights)
-  ones = jax.tree.map(lambda m: jnp.tensordot(client_weights, m.astype(jnp.float32), axes=1),
-                      masks)
-  a = jax.tree.map(jnp.add, a, ones)
-  b = jax.tree.map(lambda b_, k: b_ + n - k, b, ones)
+  n = jnp.asarray(participants, jnp.float32)
+  a = jax.tree.map(lambda a_, c: a_ + c.astype(jnp.float32), a, counts)
+  b = jax.tree.map(lambda b_, c: b_ + (n - c.astype(jnp.float32)), b, counts)
   # a + b - 2 = (observations since the reset) >= 1, so the mode is defined.
   theta = jax.tree.map(lambda a_, b_: jnp.clip((a_ - 1) / (a_ + b_ - 2), eps, 1 - eps), a, b)
   return theta, (a, b)
+
+
+def fedpm_update(beta_state, masks, client_weights: jax.Array, round_: jax.Array,
+                 reset_every: int, eps: float = 0.01):
+  """:func:`fedpm_rebuild` from the bool ``masks [K, ...]`` (``client_weights [K]``: 1 for a
+  participant, 0 for an empty slot)."""
+  return fedpm_rebuild(beta_state, *server.tally(masks, client_weights), round_, reset_every,
+                       eps)
 
 
 def fedavg_update(uploads, client_weights: jax.Array):

@@ -217,7 +217,7 @@ def server_app(dep: Deployment, out_path: str | None = None,
       decoded = sorted((_decode(dep, rep, theta_bits) for rep in replies),
                        key=lambda d: list(np.asarray(idx)).index(d[0]))
       uploads = jax.tree.map(lambda *xs: jnp.stack(xs), *[d[1] for d in decoded])
-      state, sm = step(k_server, state, uploads, jnp.ones((len(decoded),)))
+      state, sm, _ = step(k_server, state, uploads, jnp.ones((len(decoded),)))
       cm = [d[2] for d in decoded]
       m = {"round": r + 1, "seconds": time.perf_counter() - t0,
            "loss": float(np.mean([c["loss"] for c in cm])),

@@ -6,8 +6,9 @@
 2. pick this round's clients (all, or a random subset of fixed size: no recompilation);
 3. every selected client runs :func:`prism_jax.client.client_update` -- ``vmap`` over the
    client axis, which ``shard_map`` spreads over the devices of a 1-D ``"clients"`` mesh;
-4. the server reduces the uploaded masks over the client axis and applies MADA
-   (:func:`prism_jax.server.server_update`).
+4. the server reduces the uploaded masks over the client axis to per-weight counts, the
+   round's broadcast, and applies it with MADA (:func:`apply_broadcast`), as every client
+   does with the downlink message.
 Clients hold different amounts of data: ``ClientData`` is padded to a common length and
 carries per-client ``counts``. When the number of selected clients does not divide the
 number of devices, empty slots with aggregation weight 0 fill the last device.
@@ -166,26 +167,42 @@ def _mean_entropy_bits(theta) -> jax.Array:
   return masking.mean_over_weights(jax.tree.map(h, theta))
 
 
+def apply_broadcast(prism: Prism, scores, aux, bcast: server.Broadcast, round_: jax.Array):
+  """The next global state from a round's :class:`~prism_jax.server.Broadcast`: PRISM's
+  :func:`~prism_jax.server.rebuild` (aggregation + MADA) or FedPM's posterior update.
+  The server updates its own state with it inside the jitted round and a client applies it
+  to the downlink message, so both hold the same scores. Returns ``(scores, aux)``."""
+  if prism.method == "fedpm":
+    reset = prism.fedpm_reset or baselines.fedpm_reset_every(prism.num_clients, prism.per_round)
+    theta, aux = baselines.fedpm_rebuild(aux, bcast.counts, bcast.participants, round_,
+                                         reset, prism.server.smoothing)
+    return server.scores_from_probs(theta), aux
+  return server.rebuild(scores, bcast, prism.server), aux
+
+
 def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_weights):
   """The server's half of a round, from the uploads ``[K, ...]`` (slot weight 0: empty):
-  PRISM's aggregation + MADA, or a baseline's rule. Returns the state with new global
-  parameters (and FedPM's posteriors), the round counter advanced, and server metrics."""
-  aux, metrics = state.aux, {}
+  tally the masks into the round's broadcast (with MADA's lambda) and apply it
+  (:func:`apply_broadcast`), or average FedAvg's dense weights. Returns the state with new
+  global parameters (and FedPM's posteriors), the round counter advanced, server metrics
+  and the broadcast (None for FedAvg, which broadcasts its float32 weights)."""
+  aux, metrics, bcast = state.aux, {}, None
   if prism.method == "fedavg":
     scores = baselines.fedavg_update(uploads, slot_weights)
   else:
+    # Every round has exactly per_round participants (the other slots are empty).
+    counts, n = server.tally(uploads, slot_weights)
+    theta_hat = server.probs_from_counts(counts, n, prism.server.smoothing)
+    lam = jnp.ones((), jnp.float32)
+    if prism.method == "prism" and prism.server.mada:
+      lam = server.mada_lambda(key, state.scores, server.scores_from_probs(theta_hat))
+    bcast = server.make_broadcast(counts, prism.per_round, lam, prism.server.smoothing)
+    scores, aux = apply_broadcast(prism, state.scores, aux, bcast, state.round)
     if prism.method == "fedpm":
-      reset = prism.fedpm_reset or baselines.fedpm_reset_every(prism.num_clients,
-                                                               prism.per_round)
-      theta_hat, aux = baselines.fedpm_update(aux, uploads, slot_weights, state.round, reset,
-                                              prism.server.smoothing)
-      scores, lam = server.scores_from_probs(theta_hat), jnp.ones((), jnp.float32)
-    else:
-      scores, theta_hat, lam = server.server_update(key, state.scores, uploads, slot_weights,
-                                                    prism.server)
+      theta_hat = masking.keep_prob(scores)
     metrics = dict(mada_lambda=lam, density=masking.mean_over_weights(theta_hat),
                    mask_entropy_bits=_mean_entropy_bits(masking.keep_prob(scores)))
-  return state.replace(scores=scores, round=state.round + 1, aux=aux), metrics
+  return state.replace(scores=scores, round=state.round + 1, aux=aux), metrics, bcast
 
 
 def packed_masks(uploads) -> jax.Array:
@@ -200,8 +217,9 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``.
 
   It returns ``(server_state, metrics)``; with ``with_uploads`` also
-  ``(packed_masks [slots, bytes], client_ids [slots])`` (id -1: empty slot), for host-side
-  entropy coding (:mod:`prism_jax.coding`). With ``donate`` the input state's buffers are
+  ``(packed_masks [slots, bytes], client_ids [slots], broadcast)`` (id -1: empty slot), for
+  host-side entropy coding of both directions (:mod:`prism_jax.coding`,
+  :mod:`prism_jax.downlink`). With ``donate`` the input state's buffers are
   reused for the output (one copy of the scores and loss states in device memory instead of
   two); the caller must not use the input state afterwards."""
   mesh = client_mesh() if mesh is None else mesh
@@ -258,12 +276,13 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
                                   state.local_states, local_states)
     w = slot_weights / jnp.sum(slot_weights)
     metrics = {name: jnp.dot(w, v) for name, v in cm.items()}
-    new_state, server_metrics = server_step(prism, k_server, state, uploads, slot_weights)
+    new_state, server_metrics, bcast = server_step(prism, k_server, state, uploads,
+                                                   slot_weights)
     metrics.update(server_metrics)
     new_state = new_state.replace(local_states=local_states)
     if with_uploads:
       ids = jnp.where(slot_weights > 0, idx, -1)
-      return new_state, metrics, (packed_masks(uploads), ids)
+      return new_state, metrics, (packed_masks(uploads), ids, bcast)
     return new_state, metrics
 
   jitted = jax.jit(round_step, donate_argnums=(0,) if donate else ())

@@ -1,19 +1,26 @@
 """PRISM server: mask aggregation and MADA (PRISM Algorithm 1, server side).
 
-* :func:`aggregate`: ``theta_hat = sum_k w_k smooth(M_k) / sum_k w_k``, a reduction over the
-  leading client axis, where ``smooth`` maps bits 0 -> eps, 1 -> 1 - eps (eps = 0.01 in the
-  official code) so that ``logit(theta_hat)`` is finite.
+* :func:`tally` and :func:`probs_from_counts` (together :func:`aggregate`):
+  ``theta_hat = mean_k smooth(M_k)`` over the participants, a reduction over the leading
+  client axis to per-weight counts of ones, where ``smooth`` maps bits 0 -> eps,
+  1 -> 1 - eps (eps = 0.01 in the official code) so that ``logit(theta_hat)`` is finite.
 * :func:`mada`: ``lambda = Hamming(M_prev, M_hat)`` between masks sampled from the previous
   and the aggregated global probabilities, then ``s_{t+1} = (1 - lambda) s_t + lambda s_new``
   (Algorithm 1, "MADA"): a big jump in the global mask gets a big step, a small one (clients
   drifting apart under non-IID data and cancelling out) a small step.
+* :func:`rebuild`: the new global scores from the previous ones and the round's
+  :class:`Broadcast` (counts, participants, lambda), the downlink message that replaces the
+  float32 scores (:mod:`prism_jax.downlink`); server and clients run the same function.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prism_jax import masking
 
@@ -33,22 +40,55 @@ def smooth(mask: jax.Array, eps: float) -> jax.Array:
   return jnp.where(mask, 1.0 - eps, eps).astype(jnp.float32)
 
 
-def aggregate(uploads, client_weights: jax.Array, eps: float = 0.01):
-  """Global keep-probabilities from uploads with leading client axis ``[K, ...]``.
+@flax.struct.dataclass
+class Broadcast:
+  """What the server sends after a round instead of float32 scores: per weight, the number
+  of participants whose uploaded bit was 1 (int32, 0..K; PRISM-alpha's probability layers:
+  the new scores themselves, float32), the number of participants ``K`` (static), and
+  MADA's lambda (1 without MADA). With the previous global scores, which every client
+  holds, it determines the new ones exactly (:func:`rebuild`)."""
+  counts: Any
+  participants: int = flax.struct.field(pytree_node=False)
+  lam: jax.Array = None     # float32 []
 
-  A bool leaf is a sampled mask (smoothed, then averaged); a float leaf holds PRISM-alpha
-  probabilities (Algorithm 2: averaged, then clipped to ``[eps, 1 - eps]`` like the masks so
-  that ``logit`` stays finite). ``client_weights [K]`` is 1 for a participating client and
-  0 for an empty slot (or any non-negative aggregation weight).
+
+def tally(uploads, client_weights: jax.Array):
+  """``(counts, participants)`` from uploads with leading client axis ``[K, ...]``.
+
+  ``client_weights [K]`` is 1 for a participating client and 0 for an empty slot. A bool
+  leaf (a sampled mask) gives int32 counts of ones; a float leaf (PRISM-alpha's
+  probabilities, Algorithm 2) the participants' mean.
   """
-  w = client_weights / jnp.sum(client_weights)
+  present = client_weights > 0
+  n = jnp.sum(present, dtype=jnp.int32)
 
   def leaf(u):
     if u.dtype == jnp.bool_:
-      return jnp.tensordot(w, smooth(u, eps), axes=1)
-    return jnp.clip(jnp.tensordot(w, u.astype(jnp.float32), axes=1), eps, 1.0 - eps)
+      return jnp.sum(u & present.reshape(-1, *[1] * (u.ndim - 1)), axis=0, dtype=jnp.int32)
+    w = present.astype(jnp.float32) / n
+    return jnp.tensordot(w, u.astype(jnp.float32), axes=1)
 
-  return jax.tree.map(leaf, uploads)
+  return jax.tree.map(leaf, uploads), n
+
+
+def probs_from_counts(counts, participants, eps: float = 0.01):
+  """Global keep-probabilities ``theta_hat = mean_k smooth(M_k)`` from the counts:
+  ``eps + (1 - 2 eps) c / K`` for mask counts; PRISM-alpha's mean probabilities clipped to
+  ``[eps, 1 - eps]`` like the masks so that ``logit`` stays finite."""
+  n = jnp.asarray(participants, jnp.float32)
+
+  def leaf(c):
+    if jnp.issubdtype(c.dtype, jnp.integer):
+      return eps + (1.0 - 2.0 * eps) * (c.astype(jnp.float32) / n)
+    return jnp.clip(c, eps, 1.0 - eps)
+
+  return jax.tree.map(leaf, counts)
+
+
+def aggregate(uploads, client_weights: jax.Array, eps: float = 0.01):
+  """Global keep-probabilities from uploads ``[K, ...]`` (:func:`tally`, then
+  :func:`probs_from_counts`); bits are smoothed, 0 -> eps and 1 -> 1 - eps."""
+  return probs_from_counts(*tally(uploads, client_weights), eps)
 
 
 def scores_from_probs(theta):
@@ -61,23 +101,64 @@ def hamming(mask_a, mask_b) -> jax.Array:
   return masking.mean_over_weights(jax.tree.map(jnp.not_equal, mask_a, mask_b))
 
 
+def mada_lambda(key: jax.Array, prev_scores, new_scores) -> jax.Array:
+  """MADA's ``lambda``: the Hamming distance between masks sampled from the previous and
+  the aggregated global probabilities (Algorithm 1)."""
+  k_prev, k_new = jax.random.split(key)
+  return hamming(masking.sample_binary(k_prev, masking.keep_prob(prev_scores)),
+                 masking.sample_binary(k_new, masking.keep_prob(new_scores)))
+
+
+def mix(prev_scores, new_scores, lam: jax.Array):
+  """MADA's moving average ``s_{t+1} = (1 - lambda) s_t + lambda s_new``."""
+  return jax.tree.map(lambda s, n: (1.0 - lam) * s + lam * n, prev_scores, new_scores)
+
+
 def mada(key: jax.Array, prev_scores, new_scores):
   """MADA moving average; returns ``(scores, lambda)``."""
-  k_prev, k_new = jax.random.split(key)
-  lam = hamming(masking.sample_binary(k_prev, masking.keep_prob(prev_scores)),
-                masking.sample_binary(k_new, masking.keep_prob(new_scores)))
-  mixed = jax.tree.map(lambda s, n: (1.0 - lam) * s + lam * n, prev_scores, new_scores)
-  return mixed, lam
+  lam = mada_lambda(key, prev_scores, new_scores)
+  return mix(prev_scores, new_scores, lam), lam
 
 
-def server_update(key: jax.Array, prev_scores, masks, client_weights, cfg: ServerConfig):
+def logit_table(participants: int, eps: float) -> np.ndarray:
+  """``logit(eps + (1 - 2 eps) c / K)`` for ``c = 0..K``, in float64 on the host, rounded
+  to float32: the new scores a count maps to, the same constants in every program."""
+  theta = eps + (1.0 - 2.0 * eps) * np.arange(participants + 1, dtype=np.float64) / participants
+  return (np.log(theta) - np.log1p(-theta)).astype(np.float32)
+
+
+def make_broadcast(counts, participants: int, lam: jax.Array, eps: float) -> Broadcast:
+  """The round's broadcast from :func:`tally`'s counts: PRISM-alpha's mean probabilities
+  become their new scores (float32), so that no client evaluates a logarithm."""
+  leaf = lambda c: c if jnp.issubdtype(c.dtype, jnp.integer) else scores_from_probs(   # noqa: E731
+      jnp.clip(c, eps, 1.0 - eps))
+  return Broadcast(jax.tree.map(leaf, counts), participants, lam)
+
+
+def rebuild(prev_scores, bcast: Broadcast, cfg: ServerConfig):
+  """The new global scores from the previous ones and a round's :class:`Broadcast`: the one
+  rule that the server (its own state, inside the jitted round) and every client (from the
+  downlink message) apply. Mask counts map to scores through :func:`logit_table` (a lookup
+  of host constants, not a logarithm the compiler may evaluate differently in differently
+  fused programs), so the server and the clients hold the same scores bit for bit."""
+  table = jnp.asarray(logit_table(bcast.participants, cfg.smoothing))
+  new_scores = jax.tree.map(
+      lambda c: table[c] if jnp.issubdtype(c.dtype, jnp.integer) else c, bcast.counts)
+  return mix(prev_scores, new_scores, bcast.lam) if cfg.mada else new_scores
+
+
+def server_update(key: jax.Array, prev_scores, masks, client_weights, cfg: ServerConfig,
+                  participants: int | None = None):
   """Aggregate the uploads into new global scores (with MADA if enabled).
 
-  Returns ``(scores, theta_hat, lambda)``; ``lambda`` is 1 without MADA.
+  ``participants``: the number of non-zero ``client_weights`` (static; default: all of the
+  leading axis). Returns ``(scores, theta_hat, broadcast)``; the broadcast's ``lam`` is 1
+  without MADA.
   """
-  theta_hat = aggregate(masks, client_weights, cfg.smoothing)
-  new_scores = scores_from_probs(theta_hat)
-  if not cfg.mada:
-    return new_scores, theta_hat, jnp.ones((), jnp.float32)
-  scores, lam = mada(key, prev_scores, new_scores)
-  return scores, theta_hat, lam
+  participants = participants or jax.tree.leaves(masks)[0].shape[0]
+  counts, n = tally(masks, client_weights)
+  theta_hat = probs_from_counts(counts, n, cfg.smoothing)
+  lam = (mada_lambda(key, prev_scores, scores_from_probs(theta_hat)) if cfg.mada
+         else jnp.ones((), jnp.float32))
+  bcast = make_broadcast(counts, participants, lam, cfg.smoothing)
+  return rebuild(prev_scores, bcast, cfg), theta_hat, bcast

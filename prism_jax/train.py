@@ -24,9 +24,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from prism_jax import (baselines, checkpoint, client, coding, communication, data, dp, evaluation, export,
-                       features, generator, losses, masking, partition, runlog, server,
-                       visualize)
+from prism_jax import (baselines, checkpoint, client, coding, communication, data, downlink, dp,
+                       evaluation, export, features, generator, losses, masking, partition,
+                       runlog, server, visualize)
 from prism_jax import round as rnd
 
 
@@ -193,6 +193,7 @@ class Run:
   ckpt: Any                  # orbax CheckpointManager
   weights: Any               # the frozen weights (regenerated from config.seed)
   comm: dict                 # bits per round (communication.round_bits)
+  ledger: downlink.Ledger = None   # downlink bookkeeping (coded runs)
   log: runlog.MetricsFile = None
   tb: runlog.TensorBoard = None
   progress: runlog.Progress = None
@@ -262,6 +263,7 @@ def setup(config, workdir: str, resume: bool = False) -> Run:
   comm = communication.round_bits(n, prism.per_round, _num_prob_weights(prism, state.scores))
   run = Run(config, workdir, prism, splits, client_data, state, start, resume, keys, ckpt,
             generator.init_weights(prism.model, config.seed), comm)
+  run.ledger = load_ledger(workdir, start, n, prism.num_clients)
   run.log = runlog.MetricsFile(os.path.join(workdir, "metrics.jsonl"), start if resume else None)
   run.tb = runlog.TensorBoard(os.path.join(workdir, "tb"), start)
   run.progress = runlog.Progress(config.rounds, start)
@@ -276,6 +278,29 @@ def setup(config, workdir: str, resume: bool = False) -> Run:
   return run
 
 
+LEDGER = "downlink.json"
+
+
+def load_ledger(workdir: str, start: int, num_weights: int, num_clients: int):
+  """The downlink ledger saved with the checkpoint of round ``start``; a fresh one at round 0.
+  Without a matching saved ledger every client is counted as needing the full scores."""
+  if start == 0:
+    return downlink.Ledger(num_weights)
+  try:
+    with open(os.path.join(workdir, LEDGER)) as f:
+      saved = json.load(f)
+    if saved.get("round") == start:
+      return downlink.Ledger.from_dict(saved)
+  except (OSError, ValueError, KeyError):
+    pass
+  return downlink.Ledger(num_weights, [0] * start, {c: -1 for c in range(num_clients)})
+
+
+def save_ledger(run: "Run", r: int) -> None:
+  if run.ledger is not None:
+    _write_json(os.path.join(run.workdir, LEDGER), {"round": r, **run.ledger.to_dict()})
+
+
 def _num_prob_weights(prism: rnd.Prism, scores) -> int:
   """Weights whose upload is a float32 probability (PRISM-alpha's last layers)."""
   send_probs = prism.send_probs(scores)
@@ -285,26 +310,36 @@ def _num_prob_weights(prism: rnd.Prism, scores) -> int:
 
 def make_step(run: Run):
   """``step(state, r) -> (state, metrics)``: the jitted round (state donated), its metrics
-  on the host with the round's bits and privacy spent, and, when enabled, the uploads
-  entropy-coded on a host thread while the device runs (``coded_bits_up`` etc.)."""
+  on the host with the round's bits and privacy spent, and, when enabled, both directions
+  entropy-coded on a host thread while the device runs: the uploads (``coded_bits_up``
+  etc.) and the broadcast with what each participant had to be sent
+  (``coded_bits_down`` etc., :mod:`prism_jax.downlink`)."""
   prism, config = run.prism, run.config
   coding_cfg = config.get("coding") or {}
   coded = bool(coding_cfg.get("enabled")) and prism.sends_masks
   round_step = rnd.make_round_step(prism, rnd.client_mesh(), with_uploads=coded, donate=True)
   send_probs = prism.send_probs(run.state.scores)
   sends_bits = [not p for p in jax.tree.leaves(send_probs)] if send_probs else None
+  bit_leaves = sends_bits or [True] * len(jax.tree.leaves(run.state.scores))
   n_prob = _num_prob_weights(prism, run.state.scores)
+  floor = coding_cfg.get("floor", 1e-3)
   coder = concurrent.futures.ThreadPoolExecutor(1) if coded else None
+
+  def code(packed, ids, bcast, prev_scores, r):
+    shared = coding.model_from_scores(prev_scores, sends_bits, floor)
+    m = coding.code_uploads(packed, ids, shared)
+    m.update(downlink.code_round(run.ledger, bcast, r + 1, prev_scores, ids, bit_leaves, floor))
+    return m
 
   def step(state, r: int):
     t0 = time.perf_counter()
-    if coded:   # the shared model: the global theta this round's clients start from
-      shared = coding.model_from_scores(state.scores, sends_bits, coding_cfg.get("floor", 1e-3))
+    if coded:   # the global scores this round's clients start from: the coding model
+      prev_scores = jax.device_get(state.scores)
     new_state, m, *uploads = round_step(state, run.client_data,
                                         jax.random.fold_in(run.keys[1], r))
-    if coded:   # host-side entropy coding of the uploads, overlapping the host work below
-      packed, ids = jax.device_get(uploads[0])
-      coding_job = coder.submit(coding.code_uploads, packed, ids, shared)
+    if coded:   # host-side entropy coding, overlapping the host work below
+      packed, ids, bcast = jax.device_get(uploads[0])
+      coding_job = coder.submit(code, packed, ids, bcast, prev_scores, r)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     if not all(math.isfinite(v) for v in m.values()):
       bad = [k for k, v in m.items() if not math.isfinite(v)]
@@ -315,6 +350,7 @@ def make_step(run: Run):
     if coded:
       m.update(coding_job.result())
       m["coded_bits_up"] += communication.FLOAT_BITS * n_prob * prism.per_round
+      m["coded_bits_total"] = m["coded_bits_up"] + m["coded_bits_down"]
     run.timings["round"].append(time.perf_counter() - t0)
     m.update(round=r + 1, seconds=run.timings["round"][-1], **run.comm)
     return new_state, m
@@ -399,11 +435,29 @@ def train(config, workdir: str, resume: bool = False) -> dict:
       if _due(config.checkpoint_every, r, config.rounds):
         with run.timed("checkpoint"):
           checkpoint.save(run.ckpt, r, run.state)
+          save_ledger(run, r)
   finally:
     step.close()
     run.progress.close()
     run.tb.close()
   return finish(run, time.perf_counter() - t_start)
+
+
+def downlink_summary(rows: list, per_round: int, num_weights: int) -> dict:
+  """Both directions over the coded rounds: the downlink per client per weight (first,
+  last, mean), the total coded bits and their share of dense FedAvg's 64 bits per weight
+  per client per round (32 up + 32 down)."""
+  rows = [row for row in rows if "coded_bits_down" in row]
+  if not rows:
+    return {}
+  down = [row["coded_bits_down_per_weight"] for row in rows]
+  total = sum(row["coded_bits_total"] for row in rows)
+  dense = len(rows) * per_round * num_weights * 2 * communication.FLOAT_BITS
+  return {"coded_bits_down_per_weight_first": down[0],
+          "coded_bits_down_per_weight_last": down[-1],
+          "coded_bits_down_per_weight_mean": float(np.mean(down)),
+          "coded_bits_total": total, "coded_total_fraction_of_dense_fedavg": total / dense,
+          "downlink_seconds_per_round": float(np.median([r["downlink_seconds"] for r in rows]))}
 
 
 def finish(run: Run, seconds_total: float) -> dict:
@@ -443,6 +497,7 @@ def finish(run: Run, seconds_total: float) -> dict:
     summary.update({f"coded_bits_per_weight_{w}": coded_rows[i]["coded_bits_per_weight"]
                     for w, i in (("first", 0), ("middle", len(coded_rows) // 2), ("last", -1))})
     summary["coding_seconds_per_round"] = median([row["coding_seconds"] for row in coded_rows])
+    summary.update(downlink_summary(coded_rows, run.prism.per_round, n))
   summary["model_fraction_of_dense"] = model_bytes / summary["dense_float32_bytes"]
   _write_json(os.path.join(workdir, "summary.json"), summary)
   print(f"done: {seconds_total:.0f}s; model {model_bytes:,} bytes = "

@@ -75,7 +75,7 @@ def test_code_uploads_of_a_jitted_round(tiny_model, tiny_objective):
   rng = np.random.default_rng(0)
   data = rnd.ClientData(jnp.asarray(rng.integers(0, 255, (3, 8, 16, 16, 1)).astype(np.uint8)),
                         jnp.full((3,), 8, jnp.int32))
-  new, m, (packed, ids) = step(state, data, jax.random.key(1))
+  new, m, (packed, ids, bcast) = step(state, data, jax.random.key(1))
   packed, ids = np.asarray(packed), np.asarray(ids)
   n = sum(x.size for x in jax.tree.leaves(state.scores))
   assert packed.shape == (2, (n + 7) // 8) and sorted(ids.tolist()) == sorted(set(ids.tolist()))
@@ -88,6 +88,9 @@ def test_code_uploads_of_a_jitted_round(tiny_model, tiny_objective):
   agg = server.aggregate(uploads, jnp.ones(2))
   np.testing.assert_allclose(np.concatenate([np.ravel(a) for a in jax.tree.leaves(agg)]),
                              theta_hat, rtol=1e-6)
+  # The round's broadcast holds the per-weight counts of those uploads.
+  np.testing.assert_array_equal(
+      np.concatenate([np.ravel(c) for c in jax.tree.leaves(bcast.counts)]), bits.sum(axis=0))
   out = coding.code_uploads(packed, ids, coding.model_from_scores(state.scores))
   assert 0 < out["coded_bits_per_weight"] < 1
   assert out["coded_bits_per_weight"] >= out["ideal_bits_per_weight"] - 1e-3

@@ -41,14 +41,35 @@ def test_server_update_with_and_without_mada():
   prev = {"w": jnp.array([3.0, -3.0])}
   masks = {"w": jnp.array([[1, 1], [1, 0]], bool)}
   weights = jnp.ones(2)
-  plain, theta, lam = server.server_update(jax.random.key(0), prev, masks, weights,
-                                           server.ServerConfig(mada=False))
+  plain, theta, bcast = server.server_update(jax.random.key(0), prev, masks, weights,
+                                             server.ServerConfig(mada=False))
   chex.assert_trees_all_close(plain["w"], jnp.log(theta["w"] / (1 - theta["w"])), rtol=1e-5)
-  assert float(lam) == 1.0
-  mixed, _, lam = server.server_update(jax.random.key(0), prev, masks, weights,
-                                       server.ServerConfig(mada=True))
+  assert float(bcast.lam) == 1.0
+  mixed, _, bcast = server.server_update(jax.random.key(0), prev, masks, weights,
+                                         server.ServerConfig(mada=True))
+  lam = bcast.lam
   chex.assert_trees_all_close(mixed["w"], (1 - lam) * prev["w"] + lam * plain["w"], rtol=1e-5)
   assert 0.0 <= float(lam) <= 1.0
+
+
+def test_broadcast_holds_counts_and_rebuilds_the_server_scores_bitwise():
+  prev = {"w": jnp.array([3.0, -3.0, 0.5]), "p": jnp.array([0.2, -1.0])}
+  uploads = {"w": jnp.array([[1, 1, 0], [1, 0, 0], [0, 1, 1]], bool),
+             "p": jnp.array([[0.9, 0.1], [0.5, 0.3], [0.0, 0.0]])}   # PRISM-alpha floats
+  weights = jnp.array([1.0, 1.0, 0.0])                               # third slot empty
+  for mada in (False, True):
+    cfg = server.ServerConfig(mada=mada)
+    scores, theta, bcast = jax.jit(server.server_update, static_argnums=(4, 5))(
+        jax.random.key(1), prev, uploads, weights, cfg, 2)
+    np.testing.assert_array_equal(bcast.counts["w"], [2, 1, 0])
+    assert bcast.counts["w"].dtype == jnp.int32 and bcast.participants == 2
+    # PRISM-alpha's layers: the mean probabilities' new scores, sent as float32.
+    np.testing.assert_allclose(jax.nn.sigmoid(bcast.counts["p"]), [0.7, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(theta["w"], [0.99, 0.5, 0.01], rtol=1e-6)
+    # A client rebuilds from (prev, broadcast) alone, in its own program: the same bits.
+    rebuilt = jax.jit(server.rebuild, static_argnums=2)(prev, bcast, cfg)
+    for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(scores)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_bad_smoothing():

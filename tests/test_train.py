@@ -63,7 +63,8 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
   assert {"train/loss", "train/mada_lambda", "train/bits_up", "eval/domain_fid_fixed",
           "eval/domain_fid_resampled", "eval/domain_fid_threshold",
           "mask/output", "mask/block0/conv1", "train/coded_bits_per_weight",
-          "train/model_entropy_bits"} <= set(tags["scalars"])
+          "train/model_entropy_bits", "train/coded_bits_down",
+          "train/coded_bits_total"} <= set(tags["scalars"])
   # Entropy-coded uploads: measured every round, close to the ideal, never above 1 bit + 1 B.
   coded = [r for r in rows if "coded_bits_per_weight" in r]
   assert [r["round"] for r in coded] == [1, 2, 3, 4]
@@ -71,6 +72,18 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
   for r in coded:
     assert r["ideal_bits_per_weight"] - 1e-3 <= r["coded_bits_per_weight"] <= 1 + 16 / n
   assert summary["coded_bits_per_weight_last"] == coded[-1]["coded_bits_per_weight"]
+  # The downlink: round 1's clients start from the seed's scores (nothing sent); later
+  # participants get the broadcasts they missed or the full scores, whichever is smaller.
+  assert coded[0]["coded_bits_down"] == 0
+  for r in coded:
+    assert r["coded_bits_total"] == r["coded_bits_up"] + r["coded_bits_down"]
+    assert 0 < r["broadcast_bits_per_weight"] < 32
+    assert 0 <= r["coded_bits_down_per_weight"] <= 32 + 32 / n
+  assert 0 < summary["coded_total_fraction_of_dense_fedavg"] < 1
+  with open(os.path.join(workdir, "downlink.json")) as f:
+    ledger = json.load(f)
+  assert ledger["round"] == 4 and len(ledger["sizes"]) == 4
+  assert ledger["sizes"][-1] == round(coded[-1]["broadcast_bits_per_weight"] * n)
   assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4]
   assert tags["images"] == ["samples"]
   assert os.path.exists(os.path.join(workdir, "curves.png"))
