@@ -179,20 +179,28 @@ def _fmt(v, digits=3):
   return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def _total_bits(s: dict) -> int:
+def _total_bits(s: dict) -> float:
+  """All bits of a run, up + down: entropy-coded both ways when the run coded them (the
+  coded broadcast of counts), else the raw uploads and the float32 broadcast."""
+  if "coded_bits_total" in s:
+    return s["coded_bits_total"]
   return s["rounds"] * (s["bits_up"] + s["bits_down"])
 
 
 def _coded(s: dict) -> str:
   if "coded_bits_per_weight_last" not in s:
     return "-"
-  return f"{s['coded_bits_per_weight_first']:.3f} -> {s['coded_bits_per_weight_last']:.3f}"
+  out = f"{s['coded_bits_per_weight_first']:.3f} -> {s['coded_bits_per_weight_last']:.3f}"
+  if "coded_bits_down_per_weight_mean" in s:
+    out += f"; down {s['coded_bits_down_per_weight_mean']:.2f}"
+  return out
 
 
 def main_table(results: list[dict]) -> list[str]:
   lines = ["| dataset | split | method | seed | domain-FID fixed mask (exported) | resampled "
            "(official) | threshold | precision | recall | density | coverage "
-           "| upload bits / client / round | entropy-coded bits / weight (first -> last round) "
+           "| upload bits / client / round | entropy-coded bits / weight / client: up (first -> "
+           "last round); down (mean) "
            "| total bits, all rounds (up + down) | final model bytes (% of dense) "
            "| epsilon (delta) | wall time |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -228,7 +236,8 @@ def claims(results: list[dict]) -> list[str]:
           f"- **Communication vs dense FedAvg ({split})**: PRISM uploads {up:.1%} fewer bits "
           f"than dense FedAvg ({ps['bits_up']:,} vs {ds['bits_up']:,} per round): "
           f"{'held' if up > 0.6 else 'did not hold'} for the upload (> 60%). Counting the "
-          f"float32 broadcast of the global scores as well, the total is {tot:.1%} lower "
+          f"broadcast as well ({'coded mask counts' if 'coded_bits_total' in ps else 'float32 scores'}"
+          f" for PRISM, float32 weights for FedAvg), the total is {tot:.1%} lower "
           f"({'held' if tot > 0.6 else 'did not hold'} for > 60% in total). Domain-FID: "
           f"PRISM {_fmt(metric(ps, 'fid'))}, dense FedAvg {_fmt(metric(ds, 'fid'))} (fixed "
           "mask).")
@@ -292,13 +301,15 @@ def mada_verdict(results: list[dict]) -> list[str]:
 
 
 def _cumulative_bits(r: dict) -> dict[int, float]:
-  """Bits sent up to the end of each round (upload as sent: entropy-coded when logged, else
-  the raw bits; plus the float32 broadcast), keyed by round."""
+  """Bits sent up to the end of each round, keyed by round: as sent, i.e. entropy-coded
+  when logged (uploads; the broadcast of counts), else the raw uploads and the float32
+  broadcast."""
   total, out = 0.0, {0: 0.0}
   for row in r["rows"]:
     if "bits_up" not in row:
       continue
-    total += row.get("coded_bits_up", row["bits_up"]) + row["bits_down"]
+    total += row.get("coded_bits_up", row["bits_up"]) + row.get("coded_bits_down",
+                                                                 row["bits_down"])
     out[row["round"]] = total
   return out
 

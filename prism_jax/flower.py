@@ -1,15 +1,21 @@
 """Deployment with Flower (``flwr``): the library's client update and server step on separate
 processes or machines, exchanging entropy-coded masks.
 
-* :func:`client_app`: a ``ClientApp`` whose train handler receives the global scores and the
-  round's client key, runs the jitted :func:`prism_jax.client.client_update` on the node's
-  own data (``load_data(client_id)``) and replies with its mask coded against the broadcast
-  theta (:mod:`prism_jax.coding`; PRISM-alpha's probability layers as float32 arrays). A
-  loss state (GFMN moving averages) stays on the node, in the Flower ``Context``.
+* :func:`client_app`: a ``ClientApp`` whose train handler brings the node's copy of the
+  global scores up to date (the coded broadcasts it missed, applied in order with
+  :func:`prism_jax.round.apply_broadcast`, or the full float32 scores), runs the jitted
+  :func:`prism_jax.client.client_update` on the node's own data (``load_data(client_id)``)
+  and replies with its mask coded against the global theta (:mod:`prism_jax.coding`;
+  PRISM-alpha's probability layers as float32 arrays) and a digest of the scores it rebuilt.
+  The global scores, FedPM's posteriors and the local state (GFMN moving averages, carried
+  optimizer) stay on the node, in the Flower ``Context``.
 * :func:`server_app`: a ``ServerApp`` that runs the rounds: picks clients exactly as the
-  simulator does, broadcasts, decodes the replies and applies
-  :func:`prism_jax.round.server_step` (aggregation + MADA, or FedPM), with the privacy
-  accountant's epsilon logged per round.
+  simulator does, sends each one what it missed (:class:`prism_jax.downlink.Ledger`),
+  decodes the replies, checks every client's digest against its own scores, applies
+  :func:`prism_jax.round.server_step` (aggregation + MADA, or FedPM) and codes the round's
+  broadcast (:mod:`prism_jax.downlink`), with the privacy accountant's epsilon logged per
+  round. A client that cannot apply a broadcast (it does not decode, or is not the round it
+  needs) asks for the full scores, which the server then sends.
 
 Keys are derived as in :func:`prism_jax.train.train` (``train_seed`` -> round key -> client
 key by client id), so for the same config, seeds and data a Flower run reproduces the
@@ -32,11 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import client, coding, dp, generator
+from prism_jax import client, coding, downlink, dp, generator
 from prism_jax import round as rnd
 
-SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOCAL_STATE = (
-    "scores", "config", "upload", "probs", "metrics", "local_state")
+SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOCAL_STATE, GLOBAL, DOWN = (
+    "scores", "config", "upload", "probs", "metrics", "local_state", "global", "downlink")
 _NODE_CACHE: dict = {}   # (deployment fingerprint, client id) -> compiled update, data
 
 
@@ -86,6 +92,41 @@ class Deployment:
     from prism_jax import train
     k_init, k_rounds, _, _ = train.run_keys(self.train_seed)
     return k_init, k_rounds
+
+  @functools.cached_property
+  def initial(self) -> rnd.ServerState:
+    """Round 0's global state, which every side derives from the shared seeds."""
+    state = rnd.init_state(self.prism.model, self.seed, self.keys()[0], self.score_std,
+                           self.prism)
+    return state.replace(local_states=client.LocalState())   # local states live on the nodes
+
+  @functools.cached_property
+  def apply(self):
+    """The jitted :func:`prism_jax.round.apply_broadcast` (the server's own rule)."""
+    return jax.jit(functools.partial(rnd.apply_broadcast, self.prism))
+
+
+def digest(scores) -> str:
+  """A short hash of the scores' bytes: server and client compare their copies with it."""
+  h = hashlib.sha256()
+  for x in jax.tree.leaves(jax.device_get(scores)):
+    h.update(np.ascontiguousarray(x).tobytes())
+  return h.hexdigest()[:16]
+
+
+def sync(dep: Deployment, scores, aux, held: int, payloads, first: int):
+  """A node's global state after applying the broadcasts ``payloads`` of rounds ``first,
+  first + 1, ...`` to its state of round ``held``; raises
+  :class:`prism_jax.downlink.DownlinkError` if one cannot be applied."""
+  if payloads and first != held + 1:
+    raise downlink.DownlinkError(f"broadcasts start at round {first}, but this client holds "
+                                 f"round {held}")
+  for r, payload in enumerate(payloads, start=first):
+    bcast = downlink.decode(payload, r, jax.device_get(scores), dep.bit_leaves,
+                            dep.coding_floor)
+    scores, aux = dep.apply(scores, aux, bcast, jnp.int32(r - 1))
+    held = r
+  return scores, aux, held
 
 
 def _arrays(tree) -> list[np.ndarray]:
@@ -139,7 +180,29 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
                        send_probs=prism.send_probs(dep.like))))
     images, real_stats = cache["data"]
     cfg = msg.content[CONFIG]
-    scores = _tree(msg.content[SCORES].to_numpy_ndarrays(), dep.like)
+    init = dep.initial
+    if SCORES in msg.content:      # the full float32 scores (and FedPM's posteriors)
+      scores, aux = _tree(msg.content[SCORES].to_numpy_ndarrays(), (init.scores, init.aux))
+      held = int(cfg["round"])
+    elif GLOBAL in context.state:  # this node's copy from its last round
+      arrays = context.state[GLOBAL].to_numpy_ndarrays()
+      scores, aux = _tree(arrays, (init.scores, init.aux))
+      held = int(context.state[DOWN]["round"])
+    else:                          # a new node: round 0 from the seeds
+      scores, aux, held = init.scores, init.aux, 0
+    down = msg.content[DOWN]
+    try:
+      scores, aux, held = sync(dep, scores, aux, held, list(down["payloads"]),
+                               int(down["first"]))
+    except downlink.DownlinkError as e:
+      return Message(RecordDict({CONFIG: ConfigRecord({"need_full": True, "error": str(e),
+                                                       "client_id": cid})}), reply_to=msg)
+    if held != int(cfg["round"]):
+      return Message(RecordDict({CONFIG: ConfigRecord({
+          "need_full": True, "client_id": cid,
+          "error": f"holds round {held}, round {cfg['round']} starts"})}), reply_to=msg)
+    context.state[GLOBAL] = ArrayRecord(_arrays((scores, aux)))
+    context.state[DOWN] = ConfigRecord({"round": held})
     k_clients = jax.random.wrap_key_data(np.asarray(cfg["client_key"], np.uint32))
     local = client.init_local_state(prism.objective, prism.local, dep.like)
     if LOCAL_STATE in context.state:
@@ -159,7 +222,7 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
     theta = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(scores), dep.bit_leaves) if b]
     payload = coding.encode(masks, theta, dep.coding_floor)
     content = RecordDict({
-        UPLOAD: ConfigRecord({"mask": payload, "client_id": cid}),
+        UPLOAD: ConfigRecord({"mask": payload, "client_id": cid, "digest": digest(scores)}),
         PROBS: ArrayRecord([np.asarray(p, np.float32) for p in probs]),
         METRICS: MetricRecord({**{k: float(v) for k, v in metrics.items()},
                                "client_seconds": seconds,
@@ -169,14 +232,14 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
   return app
 
 
-def _decode(dep: Deployment, reply, theta_bits) -> tuple[int, Any, dict]:
+def _decode(dep: Deployment, reply, theta_bits) -> tuple[int, Any, dict, str]:
   up = reply.content[UPLOAD]
   masks = coding.decode(up["mask"], theta_bits, dep.coding_floor)
   probs = iter(reply.content[PROBS].to_numpy_ndarrays())
   masks = iter(masks)
   leaves = [next(masks) if b else next(probs) for b in dep.bit_leaves]
   upload = jax.tree.unflatten(jax.tree.structure(dep.like), leaves)
-  return int(up["client_id"]), upload, dict(reply.content[METRICS])
+  return int(up["client_id"]), upload, dict(reply.content[METRICS]), up["digest"]
 
 
 def server_app(dep: Deployment, out_path: str | None = None,
@@ -195,35 +258,63 @@ def server_app(dep: Deployment, out_path: str | None = None,
   @app.main()
   def main(grid, context) -> None:
     nodes = _client_nodes(grid, prism.num_clients)
-    k_init, k_rounds = dep.keys()
-    state = rnd.init_state(prism.model, dep.seed, k_init, dep.score_std, prism)
-    state = state.replace(local_states=client.LocalState())            # local states live on the nodes
+    _, k_rounds = dep.keys()
+    state = dep.initial
+    ledger, history = downlink.Ledger(n), []   # history[r - 1]: round r's coded broadcast
     for r in range(dep.rounds):
       t0 = time.perf_counter()
       k_select, k_clients, k_server = jax.random.split(jax.random.fold_in(k_rounds, r), 3)
       idx, _ = rnd.select_clients(k_select, prism.num_clients, prism.per_round, prism.per_round)
+      ids = [int(i) for i in np.asarray(idx)]
       cfg = ConfigRecord({"round": r, "client_key": np.asarray(
           jax.random.key_data(k_clients)).astype(np.int64).tolist()})
-      record = ArrayRecord(_arrays(state.scores))
-      msgs = [Message(RecordDict({SCORES: record, CONFIG: cfg}), dst_node_id=nodes[int(i)],
-                      message_type=MessageType.TRAIN) for i in np.asarray(idx)]
-      replies = list(grid.send_and_receive(msgs))
-      errors = [rep.error for rep in replies if rep.has_error()]
-      if errors or len(replies) != len(msgs):
-        raise RuntimeError(f"round {r + 1}: {len(replies)} of {len(msgs)} clients replied; "
-                           f"errors: {errors}")
+
+      def message(cid: int, held: int, full: bool) -> Message:
+        """What client ``cid``, holding round ``held``, needs for round ``r``'s scores."""
+        held = max(held, 0)
+        content = {CONFIG: cfg, DOWN: ConfigRecord(
+            {"payloads": [] if full else history[held:], "first": r + 1 if full else held + 1})}
+        if full:
+          content[SCORES] = ArrayRecord(_arrays((state.scores, state.aux)))
+        return Message(RecordDict(content), dst_node_id=nodes[cid],
+                       message_type=MessageType.TRAIN)
+
+      plan = {}
+      for cid in ids:
+        held = ledger.holds.get(cid, 0)
+        plan[cid] = (held, *ledger.catch_up(cid))
+      bits_down = sum(bits for _, bits, _ in plan.values())
+      replies = _exchange(grid, [message(cid, held, how == "full")
+                                 for cid, (held, _, how) in plan.items()], r)
+      retry = [int(rep.content[CONFIG]["client_id"]) for rep in replies
+               if CONFIG in rep.content and rep.content[CONFIG].get("need_full")]
+      if retry:   # a client could not apply its broadcasts: it gets the full scores
+        bits_down += len(retry) * downlink.full_bits(n)
+        replies = [rep for rep in replies if not (CONFIG in rep.content and
+                                                  rep.content[CONFIG].get("need_full"))]
+        replies += _exchange(grid, [message(cid, r, True) for cid in retry], r)
       theta_bits = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(state.scores),
                                                       dep.bit_leaves) if b]
       decoded = sorted((_decode(dep, rep, theta_bits) for rep in replies),
-                       key=lambda d: list(np.asarray(idx)).index(d[0]))
+                       key=lambda d: ids.index(d[0]))
+      mine = digest(state.scores)
+      mismatches = sum(d[3] != mine for d in decoded)
       uploads = jax.tree.map(lambda *xs: jnp.stack(xs), *[d[1] for d in decoded])
-      state, sm, _ = step(k_server, state, uploads, jnp.ones((len(decoded),)))
+      prev = jax.device_get(state.scores)
+      state, sm, bcast = step(k_server, state, uploads, jnp.ones((len(decoded),)))
+      history.append(downlink.encode(bcast, r + 1, prev, dep.bit_leaves, dep.coding_floor))
+      ledger.publish(8 * len(history[-1]))
       cm = [d[2] for d in decoded]
       m = {"round": r + 1, "seconds": time.perf_counter() - t0,
            "loss": float(np.mean([c["loss"] for c in cm])),
            "client_seconds": float(np.mean([c["client_seconds"] for c in cm])),
            "coded_bits_per_weight": float(np.mean([c["coded_bits"] for c in cm])) / sum(
                int(np.prod(t.shape)) for t in theta_bits),
+           "coded_bits_down": bits_down,
+           "coded_bits_down_per_weight": bits_down / len(ids) / n,
+           "broadcast_bits_per_weight": 8 * len(history[-1]) / n,
+           "downlink_full_fetches": sum(how == "full" for _, _, how in plan.values()) + len(retry),
+           "downlink_mismatches": mismatches,
            **{k: float(v) for k, v in sm.items()}}
       if prism.local.dp_noise_std:
         m["dp_epsilon"] = dp.epsilon(prism.local.dp_noise_std, n, r + 1, dep.dp_delta)
@@ -236,6 +327,15 @@ def server_app(dep: Deployment, out_path: str | None = None,
       np.savez(out_path, *_arrays(state.scores))
 
   return app
+
+
+def _exchange(grid, msgs, r: int) -> list:
+  replies = list(grid.send_and_receive(msgs))
+  errors = [rep.error for rep in replies if rep.has_error()]
+  if errors or len(replies) != len(msgs):
+    raise RuntimeError(f"round {r + 1}: {len(replies)} of {len(msgs)} clients replied; "
+                       f"errors: {errors}")
+  return replies
 
 
 def _client_nodes(grid, num_clients: int, timeout: float = 300.0) -> dict[int, int]:
