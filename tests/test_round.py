@@ -133,7 +133,8 @@ def rounds_on_devices(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("devices")
   procs = {}
   for devices in (1, 2, 4):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip(),
                JAX_PLATFORMS="cpu")
     code = SCRIPT.format(root=ROOT, devices=devices, out=str(tmp / f"{devices}.npz"))
     procs[devices] = subprocess.Popen([sys.executable, "-c", code], env=env)
