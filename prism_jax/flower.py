@@ -259,8 +259,7 @@ def server_app(dep: Deployment, out_path: str | None = None,
   def main(grid, context) -> None:
     nodes = _client_nodes(grid, prism.num_clients)
     _, k_rounds = dep.keys()
-    state = dep.initial
-    ledger, history = downlink.Ledger(n), []   # history[r - 1]: round r's coded broadcast
+    state, downlinks = dep.initial, _Downlinks(dep, n)
     for r in range(dep.rounds):
       t0 = time.perf_counter()
       k_select, k_clients, k_server = jax.random.split(jax.random.fold_in(k_rounds, r), 3)
@@ -269,52 +268,27 @@ def server_app(dep: Deployment, out_path: str | None = None,
       cfg = ConfigRecord({"round": r, "client_key": np.asarray(
           jax.random.key_data(k_clients)).astype(np.int64).tolist()})
 
-      def message(cid: int, held: int, full: bool) -> Message:
-        """What client ``cid``, holding round ``held``, needs for round ``r``'s scores."""
-        held = max(held, 0)
-        content = {CONFIG: cfg, DOWN: ConfigRecord(
-            {"payloads": [] if full else history[held:], "first": r + 1 if full else held + 1})}
-        if full:
-          content[SCORES] = ArrayRecord(_arrays((state.scores, state.aux)))
-        return Message(RecordDict(content), dst_node_id=nodes[cid],
-                       message_type=MessageType.TRAIN)
-
-      plan = {}
-      for cid in ids:
-        held = ledger.holds.get(cid, 0)
-        plan[cid] = (held, *ledger.catch_up(cid))
-      bits_down = sum(bits for _, bits, _ in plan.values())
-      replies = _exchange(grid, [message(cid, held, how == "full")
-                                 for cid, (held, _, how) in plan.items()], r)
-      retry = [int(rep.content[CONFIG]["client_id"]) for rep in replies
-               if CONFIG in rep.content and rep.content[CONFIG].get("need_full")]
-      if retry:   # a client could not apply its broadcasts: it gets the full scores
-        bits_down += len(retry) * downlink.full_bits(n)
-        replies = [rep for rep in replies if not (CONFIG in rep.content and
-                                                  rep.content[CONFIG].get("need_full"))]
-        replies += _exchange(grid, [message(cid, r, True) for cid in retry], r)
+      replies, sent = downlinks.exchange(grid, nodes, ids, cfg, state, r)
       theta_bits = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(state.scores),
                                                       dep.bit_leaves) if b]
       decoded = sorted((_decode(dep, rep, theta_bits) for rep in replies),
                        key=lambda d: ids.index(d[0]))
-      mine = digest(state.scores)
-      mismatches = sum(d[3] != mine for d in decoded)
+      mismatches = downlinks.check({d[0]: d[3] for d in decoded}, state.scores)
       uploads = jax.tree.map(lambda *xs: jnp.stack(xs), *[d[1] for d in decoded])
       prev = jax.device_get(state.scores)
       state, sm, bcast = step(k_server, state, uploads, jnp.ones((len(decoded),)))
-      history.append(downlink.encode(bcast, r + 1, prev, dep.bit_leaves, dep.coding_floor))
-      ledger.publish(8 * len(history[-1]))
+      broadcast_bits = downlinks.publish(bcast, r + 1, prev)
       cm = [d[2] for d in decoded]
       m = {"round": r + 1, "seconds": time.perf_counter() - t0,
            "loss": float(np.mean([c["loss"] for c in cm])),
            "client_seconds": float(np.mean([c["client_seconds"] for c in cm])),
            "coded_bits_per_weight": float(np.mean([c["coded_bits"] for c in cm])) / sum(
                int(np.prod(t.shape)) for t in theta_bits),
-           "coded_bits_down": bits_down,
-           "coded_bits_down_per_weight": bits_down / len(ids) / n,
-           "broadcast_bits_per_weight": 8 * len(history[-1]) / n,
-           "downlink_full_fetches": sum(how == "full" for _, _, how in plan.values()) + len(retry),
-           "downlink_mismatches": mismatches,
+           "coded_bits_down": sum(bits for bits, _ in sent.values()),
+           "coded_bits_down_per_weight": sum(bits for bits, _ in sent.values()) / len(ids) / n,
+           "broadcast_bits_per_weight": broadcast_bits / n,
+           "downlink_full_fetches": sum(how == "full" for _, how in sent.values()),
+           "downlink_mismatches": len(mismatches),
            **{k: float(v) for k, v in sm.items()}}
       if prism.local.dp_noise_std:
         m["dp_epsilon"] = dp.epsilon(prism.local.dp_noise_std, n, r + 1, dep.dp_delta)
@@ -327,6 +301,58 @@ def server_app(dep: Deployment, out_path: str | None = None,
       np.savez(out_path, *_arrays(state.scores))
 
   return app
+
+
+class _Downlinks:
+  """The server's side of the downlink: every round's coded broadcast and the ledger of
+  which round each client holds (:class:`prism_jax.downlink.Ledger`)."""
+
+  def __init__(self, dep: Deployment, num_weights: int):
+    self.dep, self.ledger, self.history = dep, downlink.Ledger(num_weights), []
+
+  def message(self, node: int, cfg, state, r: int, held: int, full: bool):
+    """What a client holding round ``held`` needs for round ``r``'s scores: the broadcasts
+    it missed, or (``full``) the float32 scores and FedPM's posteriors."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+    held = max(held, 0)
+    content = {CONFIG: cfg, DOWN: ConfigRecord(
+        {"payloads": [] if full else self.history[held:], "first": r + 1 if full else held + 1})}
+    if full:
+      content[SCORES] = ArrayRecord(_arrays((state.scores, state.aux)))
+    return Message(RecordDict(content), dst_node_id=node, message_type=MessageType.TRAIN)
+
+  def exchange(self, grid, nodes, ids, cfg, state, r: int):
+    """Sends round ``r``'s clients their training messages; a client that cannot apply its
+    broadcasts (it replies ``need_full``) gets the full scores. Returns the replies and,
+    per client, ``(bits sent down, "broadcasts" | "full")``."""
+    held = {cid: self.ledger.holds.get(cid, 0) for cid in ids}
+    sent = {cid: self.ledger.catch_up(cid) for cid in ids}
+    replies = _exchange(grid, [self.message(nodes[c], cfg, state, r, held[c], how == "full")
+                               for c, (_, how) in sent.items()], r)
+    need_full = lambda rep: CONFIG in rep.content and rep.content[CONFIG].get("need_full")  # noqa: E731
+    retry = [int(rep.content[CONFIG]["client_id"]) for rep in replies if need_full(rep)]
+    if retry:
+      replies = [rep for rep in replies if not need_full(rep)] + _exchange(
+          grid, [self.message(nodes[c], cfg, state, r, r, True) for c in retry], r)
+      for c in retry:
+        sent[c] = (sent[c][0] + downlink.full_bits(self.ledger.num_weights), "full")
+    return replies, sent
+
+  def check(self, digests: dict, scores) -> list[int]:
+    """Clients whose digest differs from the server's scores (should not happen); they get
+    the full scores next time."""
+    mine = digest(scores)
+    bad = [cid for cid, d in digests.items() if d != mine]
+    for cid in bad:
+      self.ledger.holds[cid] = -1
+    return bad
+
+  def publish(self, bcast, r: int, prev_scores) -> int:
+    """Codes round ``r``'s broadcast against the scores it started from; returns its bits."""
+    self.history.append(downlink.encode(bcast, r, prev_scores, self.dep.bit_leaves,
+                                        self.dep.coding_floor))
+    self.ledger.publish(8 * len(self.history[-1]))
+    return 8 * len(self.history[-1])
 
 
 def _exchange(grid, msgs, r: int) -> list:

@@ -77,6 +77,49 @@ def test_sync_applies_missed_broadcasts_and_refuses_wrong_rounds():
                 [payloads[0], payloads[1][:-5]], 1)
 
 
+def test_server_sends_missed_broadcasts_and_full_scores_on_request(monkeypatch):
+  """The ServerApp's downlink: a client that missed rounds gets the broadcasts it missed in
+  order; one that cannot apply them (here: it lost its state) asks for and gets the full
+  scores; both are counted."""
+  pytest.importorskip("flwr")
+  from flwr.app import ConfigRecord, Message, RecordDict
+  from flwr.supercore.task_identity import TaskIdentity
+  for name in ("_run_id", "_task_id", "_node_id"):   # what a running ServerApp would set
+    monkeypatch.setattr(TaskIdentity, name, 1, raising=False)
+  dep, data = _setup()
+  n = sum(x.size for x in jax.tree.leaves(dep.like))
+  step = rnd.make_round_step(dep.prism, with_uploads=True)
+  down, state = flower._Downlinks(dep, n), dep.initial
+  for r in range(2):
+    prev = jax.device_get(state.scores)
+    state, _, (_, _, bcast) = step(state, rnd.ClientData(data.images, data.counts),
+                                   jax.random.key(r))
+    down.publish(bcast, r + 1, prev)
+  seen = []
+
+  class Grid:   # client 0 lost its state and asks for the full scores; client 1 applies
+    def send_and_receive(self, msgs):
+      out = []
+      for msg in msgs:
+        cid, content = msg.metadata.dst_node_id, msg.content
+        seen.append((cid, list(content[flower.DOWN]["payloads"]), flower.SCORES in content))
+        need = cid == 0 and flower.SCORES not in content
+        out.append(Message(RecordDict({flower.CONFIG: ConfigRecord(
+            {"need_full": need, "client_id": cid})}), reply_to=msg))
+      return out
+
+  cfg = ConfigRecord({"round": 2})
+  replies, sent = down.exchange(Grid(), {0: 0, 1: 1}, [0, 1], cfg, state, 2)
+  assert len(replies) == 2
+  # First both were sent rounds 1 and 2's broadcasts; then client 0 the full scores.
+  assert seen[0] == (0, down.history, False) and seen[1] == (1, down.history, False)
+  assert seen[2] == (0, [], True)
+  missed = sum(8 * len(p) for p in down.history)
+  assert sent == {0: (missed + downlink.full_bits(n), "full"), 1: (missed, "broadcasts")}
+  assert down.check({0: flower.digest(state.scores), 1: "0" * 16}, state.scores) == [1]
+  assert down.ledger.holds[1] == -1   # a client whose digest differs gets full scores next
+
+
 def test_deployment_refuses_dense_fedavg():
   dep, _ = _setup()
   dense = rnd.Prism(dep.prism.objective, dep.prism.local, num_clients=3, method="fedavg")
