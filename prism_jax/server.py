@@ -35,11 +35,6 @@ class ServerConfig:
       raise ValueError(f"smoothing must lie in (0, 0.5), got {self.smoothing}")
 
 
-def smooth(mask: jax.Array, eps: float) -> jax.Array:
-  """Bits to probabilities: 0 -> eps, 1 -> 1 - eps."""
-  return jnp.where(mask, 1.0 - eps, eps).astype(jnp.float32)
-
-
 @flax.struct.dataclass
 class Broadcast:
   """What the server sends after a round instead of float32 scores: per weight, the number
