@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import time
 
 import jax
 import numpy as np
@@ -48,18 +49,19 @@ def _flat_counts(counts, bit_leaves) -> tuple[np.ndarray, list[np.ndarray]]:
           [x for x, b in zip(leaves, bit_leaves) if not b])
 
 
-def _planes(counts: np.ndarray, k: int) -> int:
+def _planes(k: int) -> int:
+  """Bits per count in the raw fallback: counts lie in 0..k."""
   return max(1, int(k).bit_length())
 
 
 def _pack(counts: np.ndarray, k: int) -> bytes:
-  width = _planes(counts, k)
+  width = _planes(k)
   planes = (counts[:, None] >> np.arange(width)) & 1
   return np.packbits(planes.astype(np.uint8).ravel()).tobytes()
 
 
 def _unpack(body: bytes, k: int, n: int) -> np.ndarray:
-  width = _planes(None, k)
+  width = _planes(k)
   bits = np.unpackbits(np.frombuffer(body, np.uint8), count=n * width).reshape(n, width)
   return (bits.astype(np.int32) << np.arange(width)).sum(axis=1).astype(np.int32)
 
@@ -191,7 +193,6 @@ def code_round(ledger: Ledger, bcast: server.Broadcast, round_: int, prev_scores
   (``client_ids``, -1: empty slot) were sent to hold the scores it started from, then the
   round's broadcast coded, decoded as a client would and checked lossless, and published.
   Returns the round's downlink metrics."""
-  import time
   t0 = time.perf_counter()
   ids = [int(c) for c in np.asarray(client_ids) if c >= 0]
   sent = [ledger.catch_up(c) for c in ids]
