@@ -37,9 +37,9 @@ def fedpm_reset_every(num_clients: int, per_round: int) -> int:
 
 
 def beta_init(scores):
-  """``Beta(1, 1)`` (uniform) priors, one ``(a, b)`` pair per weight."""
-  ones = jax.tree.map(jnp.ones_like, scores)
-  return ones, ones
+  """``Beta(1, 1)`` (uniform) priors, one ``(a, b)`` pair per weight (separate buffers: the
+  round step donates its state)."""
+  return jax.tree.map(jnp.ones_like, scores), jax.tree.map(jnp.ones_like, scores)
 
 
 def fedpm_rebuild(beta_state, counts, participants, round_: jax.Array,

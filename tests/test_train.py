@@ -97,6 +97,14 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
   assert model.image_size == 16 and seed == 0
 
 
+def test_fedpm_baseline_runs_end_to_end(tmp_path):
+  config = _tiny_config()
+  config.method, config.rounds, config.sample_every, config.checkpoint_every = "fedpm", 2, 2, 2
+  summary = train.train(config, str(tmp_path / "fedpm"))   # its state is donated too
+  assert summary["method"] == "fedpm" and summary["bits_up_per_client"] == summary["num_weights"]
+  assert summary["coded_bits_down_per_weight_last"] < 32
+
+
 def test_dense_fedavg_baseline_runs_end_to_end(tmp_path):
   config = _tiny_config()
   config.method, config.local.learning_rate, config.rounds = "fedavg", 3e-3, 2
