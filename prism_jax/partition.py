@@ -115,10 +115,12 @@ def partition(labels: np.ndarray, num_clients: int, split: str, seed: int = 0,
   raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
 
 
-def to_client_data(images: np.ndarray, parts: list[np.ndarray]) -> ClientData:
-  """Pads each client's images to the largest client: ``[K, N_max, ...]`` plus counts."""
+def to_client_data(images: np.ndarray, parts: list[np.ndarray],
+                   n_max: int | None = None) -> ClientData:
+  """Pads each client's images to the largest client (or ``n_max``, the largest of all when
+  ``parts`` is one host's share): ``[K, N_max, ...]`` plus counts."""
   counts = np.array([len(p) for p in parts], np.int32)
-  out = np.zeros((len(parts), counts.max()) + images.shape[1:], images.dtype)
+  out = np.zeros((len(parts), n_max or counts.max()) + images.shape[1:], images.dtype)
   for k, p in enumerate(parts):
     out[k, :len(p)] = images[p]
   return ClientData(out, counts)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from prism_jax import baselines, client, generator, masking, server
+from prism_jax import baselines, client, generator, masking, multihost, server
 
 AXIS = "clients"
 
@@ -141,10 +141,25 @@ def client_mesh(devices=None) -> Mesh:
   return Mesh(devices, (AXIS,))
 
 
+def client_sharding(mesh: Mesh, num_clients: int) -> NamedSharding:
+  """Arrays with a leading client axis: split over the mesh if the clients divide evenly over
+  its devices, else replicated."""
+  return NamedSharding(mesh, P(AXIS) if num_clients % mesh.size == 0 else P())
+
+
 def shard_client_data(data: ClientData, mesh: Mesh) -> ClientData:
-  """Places client data on the mesh: split over clients if they divide evenly, else replicated."""
-  spec = P(AXIS) if data.num_clients % mesh.size == 0 else P()
-  return jax.device_put(data, NamedSharding(mesh, spec))
+  """Places in-memory client data on the mesh (:func:`client_sharding`). Across hosts, build
+  each process's rows only: :func:`prism_jax.multihost.client_arrays`."""
+  return jax.device_put(data, client_sharding(mesh, data.num_clients))
+
+
+def state_shardings(state: ServerState, mesh: Mesh, num_clients: int) -> ServerState:
+  """Where the round keeps its state: the global parameters replicated on every device, each
+  client's local state with that client's data (:func:`client_sharding`)."""
+  replicated = NamedSharding(mesh, P())
+  shardings = jax.tree.map(lambda _: replicated, state)
+  return shardings.replace(local_states=jax.tree.map(
+      lambda _: client_sharding(mesh, num_clients), state.local_states))
 
 
 def select_clients(key: jax.Array, num_clients: int, per_round: int, slots: int):
@@ -280,21 +295,26 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
                                                    slot_weights)
     metrics.update(server_metrics)
     new_state = new_state.replace(local_states=local_states)
+    # Outputs leave placed as the next round's input is (no host round trip between rounds);
+    # what the host reads (metrics, uploads) is replicated, so every process holds it.
+    new_state = jax.lax.with_sharding_constraint(
+        new_state, state_shardings(new_state, mesh, prism.num_clients))
+    out = (metrics,)
     if with_uploads:
-      ids = jnp.where(slot_weights > 0, idx, -1)
-      return new_state, metrics, (packed_masks(uploads), ids, bcast)
-    return new_state, metrics
+      out += ((packed_masks(uploads), jnp.where(slot_weights > 0, idx, -1), bcast),)
+    return (new_state, *jax.lax.with_sharding_constraint(out, replicated))
 
   jitted = jax.jit(round_step, donate_argnums=(0,) if donate else ())
   replicated = NamedSharding(mesh, P())
-  feature_params = jax.device_put(prism.objective.features.params, replicated)
+  feature_params = multihost.put(prism.objective.features.params, replicated)
 
   @functools.wraps(round_step)
   def step(state: ServerState, data: ClientData, key: jax.Array):
-    # The output state is replicated over the mesh; placing the input state the same way
-    # keeps round 0 and round 1 on one compiled executable. The extractor's frozen weights
-    # are an argument, not a constant baked into the executable.
-    return jitted(jax.device_put(state, replicated), data, key, feature_params)
+    # Placing the first input state as every output state is placed keeps all rounds on one
+    # compiled executable. The extractor's frozen weights are an argument, not a constant
+    # baked into the executable.
+    state = multihost.put(state, state_shardings(state, mesh, prism.num_clients))
+    return jitted(state, data, multihost.put(key, replicated), feature_params)
 
   step.jitted = jitted
   return step

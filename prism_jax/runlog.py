@@ -95,3 +95,13 @@ class Progress:
   def close(self) -> None:
     if self.bar is not None:
       self.bar.close()
+
+
+class Silent:
+  """Stands in for the logs on a process that writes no files (multi-host, not process 0)."""
+
+  def rows(self) -> list:
+    return []
+
+  def __getattr__(self, name):
+    return lambda *args, **kwargs: None

@@ -25,8 +25,8 @@ import jax
 import numpy as np
 
 from prism_jax import (baselines, checkpoint, client, coding, communication, data, downlink, dp,
-                       evaluation, export, features, generator, losses, masking, partition,
-                       runlog, server, visualize)
+                       evaluation, export, features, generator, losses, masking, multihost,
+                       partition, runlog, server, visualize)
 from prism_jax import round as rnd
 
 
@@ -94,13 +94,16 @@ def cache_dir(config) -> str:
       "PRISM_JAX_CACHE", "~/.cache/prism_jax"))
 
 
-def with_real_stats(prism, config, client_data, parts):
-  """Adds each client's real-feature (mean, var) when the loss needs them (cached)."""
+def with_real_stats(prism, config, client_data, parts, first: int = 0):
+  """Adds each client's real-feature (mean, var) when the loss needs them (cached).
+  ``client_data`` may hold clients ``first, first + 1, ...`` of ``parts`` only (one host's)."""
   if not prism.objective.uses_stats:
     return client_data
   h = hashlib.sha1(np.concatenate(parts).astype(np.int64).tobytes())
   h.update(np.array([len(p) for p in parts]).tobytes())
   key = f"{config.dataset}-{config.image_size}-{h.hexdigest()[:12]}"
+  if client_data.num_clients != len(parts):
+    key += f"-c{first}-{first + client_data.num_clients}"
   t0 = time.perf_counter()
   extractor = prism.objective.features
   # Batch-dependent features (official VGG19): real statistics over local-size batches.
@@ -112,15 +115,43 @@ def with_real_stats(prism, config, client_data, parts):
   return rnd.ClientData(client_data.images, client_data.counts, (mean, var))
 
 
-def load_client_data(config):
-  """Loads the dataset and splits its train part across clients."""
+def load_splits(config):
+  """The dataset and its train part's split across clients (index arrays)."""
   splits = data.load(config.dataset, config.image_size, config.get("data_dir"),
                      config.get("download", False))
   train = splits["train"]
   parts = partition.partition(train.labels, config.num_clients, config.split,
                               config.partition_seed, config.divide, config.alpha,
                               config.min_client_size, config.get("unbalance", 0.0))
-  return splits, parts, partition.to_client_data(train.images, parts)
+  return splits, parts
+
+
+def load_client_data(config):
+  """Loads the dataset and splits its train part across clients, all in this process."""
+  splits, parts = load_splits(config)
+  return splits, parts, partition.to_client_data(splits["train"].images, parts)
+
+
+def placed_client_data(prism, config, images, parts, mesh) -> rnd.ClientData:
+  """The clients' padded data and real-feature statistics on the mesh, each process building
+  only the clients its devices hold (:func:`prism_jax.multihost.client_arrays`)."""
+  n_max = max(len(p) for p in parts)
+
+  def rows(start, stop):
+    part = partition.to_client_data(images, parts[start:stop], n_max)
+    return with_real_stats(prism, config, part, parts, start)
+
+  sharding = rnd.client_sharding(mesh, len(parts))
+  out = multihost.client_arrays(len(parts), rows, sharding)
+  held = []                              # this process's devices' rows, contiguous merged
+  for a, b in multihost.local_rows(len(parts), sharding):
+    held[-1:] = [(held[-1][0], b)] if held and held[-1][1] == a else held[-1:] + [(a, b)]
+  nbytes = sum(s.data.nbytes for x in jax.tree.leaves(out) for s in x.addressable_shards)
+  nbytes /= jax.local_device_count()
+  print(f"process {jax.process_index()}/{jax.process_count()}: clients "
+        f"{', '.join(f'{a}-{b - 1}' for a, b in held)} of {len(parts)} "
+        f"({nbytes / 2**20:.1f} MiB per device)")
+  return out
 
 
 def write_partition(config, labels, parts, workdir: str) -> dict:
@@ -193,6 +224,7 @@ class Run:
   ckpt: Any                  # orbax CheckpointManager
   weights: Any               # the frozen weights (regenerated from config.seed)
   comm: dict                 # bits per round (communication.round_bits)
+  main: bool = True          # whether this process writes the files (multihost.is_main)
   ledger: downlink.Ledger = None   # downlink bookkeeping (coded runs)
   log: runlog.MetricsFile = None
   tb: runlog.TensorBoard = None
@@ -239,34 +271,41 @@ def setup(config, workdir: str, resume: bool = False) -> Run:
                           "untouched)")
   if resume and not exists:
     raise FileNotFoundError(f"--resume: no run in {workdir} (no config.json)")
-  prism = build(config)                                  # bad config: fail before any
-  splits, parts, client_data = load_client_data(config)  # output is written
+  prism = build(config)                  # bad config: fail before any output is written
+  splits, parts = load_splits(config)
   if resume:
     _check_resume(config, workdir)
+  main = multihost.is_main()             # with several processes, process 0 writes the files
+  multihost.barrier("prism_jax.setup")   # every process checked the workdir before any write
   os.makedirs(workdir, exist_ok=True)
-  keys = run_keys(config.train_seed)
+  keys, mesh = run_keys(config.train_seed), rnd.client_mesh()
   state = rnd.init_state(prism.model, config.seed, keys[0], config.score_std, prism)
+  state = multihost.put(state, rnd.state_shardings(state, mesh, prism.num_clients))
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   start = 0
   if resume:
     if ckpt.latest_step() is not None:
       state = checkpoint.restore(ckpt, state)   # corrupt/incompatible: ValueError, no writes
-      start = int(state.round)
+      start = int(multihost.to_host(state.round))
     print(f"resuming {workdir} at round {start}")
-  else:
+  elif main:
     _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  print(config)
-  write_partition(config, splits["train"].labels, parts, workdir)
-  client_data = with_real_stats(prism, config, client_data, parts)
-  client_data = rnd.shard_client_data(client_data, rnd.client_mesh())
+  if main:
+    print(config)
+    write_partition(config, splits["train"].labels, parts, workdir)
+  client_data = placed_client_data(prism, config, splits["train"].images, parts, mesh)
   n = masking.num_weights(state.scores)
   comm = communication.round_bits(n, prism.per_round, _num_prob_weights(prism, state.scores))
   run = Run(config, workdir, prism, splits, client_data, state, start, resume, keys, ckpt,
-            generator.init_weights(prism.model, config.seed), comm)
+            generator.init_weights(prism.model, config.seed), comm, main)
   run.ledger = load_ledger(workdir, start, n, prism.num_clients)
-  run.log = runlog.MetricsFile(os.path.join(workdir, "metrics.jsonl"), start if resume else None)
-  run.tb = runlog.TensorBoard(os.path.join(workdir, "tb"), start)
-  run.progress = runlog.Progress(config.rounds, start)
+  if main:
+    run.log = runlog.MetricsFile(os.path.join(workdir, "metrics.jsonl"),
+                                 start if resume else None)
+    run.tb = runlog.TensorBoard(os.path.join(workdir, "tb"), start)
+    run.progress = runlog.Progress(config.rounds, start)
+  else:
+    run.log = run.tb = run.progress = runlog.Silent()
   print(f"{prism.method}: generator with {n:,} weights; upload {comm['bits_up_per_client']:,} "
         f"bits/client/round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
   if prism.local.dp_noise_std:
@@ -297,7 +336,7 @@ def load_ledger(workdir: str, start: int, num_weights: int, num_clients: int):
 
 
 def save_ledger(run: "Run", r: int) -> None:
-  if run.ledger is not None:
+  if run.ledger is not None and run.main:
     _write_json(os.path.join(run.workdir, LEDGER), {"round": r, **run.ledger.to_dict()})
 
 
@@ -316,14 +355,14 @@ def make_step(run: Run):
   (``coded_bits_down`` etc., :mod:`prism_jax.downlink`)."""
   prism, config = run.prism, run.config
   coding_cfg = config.get("coding") or {}
-  coded = bool(coding_cfg.get("enabled")) and prism.sends_masks
+  coded = bool(coding_cfg.get("enabled")) and prism.sends_masks   # the same on every process
   round_step = rnd.make_round_step(prism, rnd.client_mesh(), with_uploads=coded, donate=True)
   send_probs = prism.send_probs(run.state.scores)
   sends_bits = [not p for p in jax.tree.leaves(send_probs)] if send_probs else None
   bit_leaves = sends_bits or [True] * len(jax.tree.leaves(run.state.scores))
   n_prob = _num_prob_weights(prism, run.state.scores)
   floor = coding_cfg.get("floor", 1e-3)
-  coder = concurrent.futures.ThreadPoolExecutor(1) if coded else None
+  coder = concurrent.futures.ThreadPoolExecutor(1) if coded and run.main else None
 
   def code(packed, ids, bcast, prev_scores, r):
     shared = coding.model_from_scores(prev_scores, sends_bits, floor)
@@ -333,21 +372,21 @@ def make_step(run: Run):
 
   def step(state, r: int):
     t0 = time.perf_counter()
-    if coded:   # the global scores this round's clients start from: the coding model
-      prev_scores = jax.device_get(state.scores)
+    if coder:   # the global scores this round's clients start from: the coding model
+      prev_scores = multihost.to_host(state.scores)
     new_state, m, *uploads = round_step(state, run.client_data,
                                         jax.random.fold_in(run.keys[1], r))
-    if coded:   # host-side entropy coding, overlapping the host work below
-      packed, ids, bcast = jax.device_get(uploads[0])
+    if coder:   # host-side entropy coding, overlapping the host work below
+      packed, ids, bcast = multihost.to_host(uploads[0])
       coding_job = coder.submit(code, packed, ids, bcast, prev_scores, r)
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    m = {k: float(v) for k, v in multihost.to_host(m).items()}
     if not all(math.isfinite(v) for v in m.values()):
       bad = [k for k, v in m.items() if not math.isfinite(v)]
       raise FloatingPointError(
           f"round {r + 1}: non-finite {bad}; stopping. The last good state is in "
           f"{run.ckpt.directory} (round {run.ckpt.latest_step()}); resume from it with "
           "--resume after changing the config (e.g. a lower learning rate)")
-    if coded:
+    if coder:
       m.update(coding_job.result())
       m["coded_bits_up"] += communication.FLOAT_BITS * n_prob * prism.per_round
       m["coded_bits_total"] = m["coded_bits_up"] + m["coded_bits_down"]
@@ -367,7 +406,7 @@ def make_evaluate(run: Run):
   """The periodic evaluation (``config.eval.every`` rounds and the last; None when off):
   ``evaluate(r, state) -> metrics`` of every configured view of the model."""
   ev, config = run.config.get("eval") or {}, run.config
-  if not ev.get("every"):
+  if not ev.get("every") or not run.main:
     return None
   _, _, k_eval, k_final = run.keys
   evaluator = evaluation.make_evaluator(
@@ -378,7 +417,7 @@ def make_evaluate(run: Run):
 
   def evaluate(r: int, state) -> dict:
     with run.timed("eval"):
-      out, _ = evaluator(run.weights, state.scores)
+      out, _ = evaluator(run.weights, multihost.to_host(state.scores))
     run.tb.scalars(out, r, "eval/")
     return out
   evaluate.every = ev["every"]
@@ -393,8 +432,10 @@ def grid_noise(run: Run) -> jax.Array:
 def save_sample_grid(run: Run, r: int, state) -> None:
   """The periodic sample grid (``samples_rXXXX.png`` and TensorBoard): the model's fixed
   mask (the one exported if the run stopped here) on the fixed noise batch."""
-  images = evaluation.sample(run.prism.model, run.weights, state.scores, grid_noise(run),
-                             run.keys[3], "fixed", run.dense)
+  if not run.main:
+    return
+  images = evaluation.sample(run.prism.model, run.weights, multihost.to_host(state.scores),
+                             grid_noise(run), run.keys[3], "fixed", run.dense)
   visualize.save_grid(images, os.path.join(run.workdir, f"samples_r{r:04d}.png"))
   run.tb.image("samples", visualize.grid(images), r)
 
@@ -402,11 +443,14 @@ def save_sample_grid(run: Run, r: int, state) -> None:
 def log_round(run: Run, r: int, m: dict) -> None:
   """One round's metrics to metrics.jsonl, TensorBoard (train/, per-layer mask/) and the
   progress display."""
+  if not run.main:
+    return
   run.log.append(m)
   run.tb.scalars({k: v for k, v in m.items() if k != "round"
                   and not k.startswith(("domain_", "inception_"))}, r, "train/")
   if not run.dense:
-    run.tb.scalars({f"mask/{k}": v for k, v in layer_density(run.state.scores).items()}, r)
+    density = layer_density(multihost.to_host(run.state.scores))
+    run.tb.scalars({f"mask/{k}": v for k, v in density.items()}, r)
   run.progress.update(r, m)
 
 
@@ -434,7 +478,7 @@ def train(config, workdir: str, resume: bool = False) -> dict:
         save_sample_grid(run, r, run.state)
       if _due(config.checkpoint_every, r, config.rounds):
         with run.timed("checkpoint"):
-          checkpoint.save(run.ckpt, r, run.state)
+          checkpoint.save(run.ckpt, r, run.state)   # every process (orbax)
           save_ledger(run, r)
   finally:
     step.close()
@@ -462,8 +506,11 @@ def downlink_summary(rows: list, per_round: int, num_weights: int) -> dict:
 
 def finish(run: Run, seconds_total: float) -> dict:
   """The end of a run: the exported model (seed + mask bits, or dense weights), the final
-  grids of each view of the model, curves and ``summary.json``."""
-  model, state, workdir, k_final = run.prism.model, run.state, run.workdir, run.keys[3]
+  grids of each view of the model, curves and ``summary.json`` (process 0; others: {})."""
+  if not run.main:
+    return {}
+  model, workdir, k_final = run.prism.model, run.workdir, run.keys[3]
+  state = run.state.replace(scores=multihost.to_host(run.state.scores))
   z = grid_noise(run)
   path = os.path.join(workdir, "model.npz")
   if run.dense:
