@@ -21,12 +21,13 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ((1_000, 10), (1_000, 100), (10_000, 10), (10_000, 100))
-QUICK = ((200, 4), (1_000, 8))
+CONFIGS = ((1_000, 10, 0), (1_000, 100, 0), (10_000, 10, 0), (10_000, 100, 0), (10_000, 100, 10))
+QUICK = ((200, 4, 0), (1_000, 8, 4))
 
 
-def measure(num_clients: int, per_round: int, local_steps: int, rounds: int) -> dict:
-  """One configuration in this process: build the client data, compile, run ``rounds``."""
+def measure(num_clients: int, per_round: int, chunk: int, local_steps: int, rounds: int) -> dict:
+  """One configuration in this process: build the client data, compile, run ``rounds``
+  (``chunk``: clients vmapped at once, ``lax.map`` over chunks; 0: all at once)."""
   import jax
   import numpy as np
   from prism_jax import client, data, features, generator, losses, partition
@@ -43,7 +44,8 @@ def measure(num_clients: int, per_round: int, local_steps: int, rounds: int) -> 
   prism = rnd.Prism(client.Objective(model, features.pixels, losses.gaussian_mmd),
                     client.LocalConfig(local_steps=local_steps, batch_size=32,
                                        estimator="ste", learning_rate=0.3),
-                    num_clients=num_clients, clients_per_round=per_round)
+                    num_clients=num_clients, clients_per_round=per_round,
+                    client_chunk=chunk or None)
   step = rnd.make_round_step(prism, mesh, donate=True)
   state = rnd.init_state(model, 0, jax.random.key(0), prism=prism)
   times = []
@@ -54,7 +56,8 @@ def measure(num_clients: int, per_round: int, local_steps: int, rounds: int) -> 
     times.append(time.perf_counter() - t0)
   mem = step.jitted.lower(state, clients, jax.random.key(0),
                           prism.objective.features.params).compile().memory_analysis()
-  return {"clients": num_clients, "per_round": per_round, "local_steps": local_steps,
+  return {"clients": num_clients, "per_round": per_round, "chunk": chunk,
+          "local_steps": local_steps,
           "client_data_mb": clients.images.nbytes / 2**20,
           "images_per_client": int(clients.images.shape[1]), "data_build_s": data_s,
           "first_round_s": times[0], "seconds_per_round": statistics.median(times[1:]),
@@ -64,10 +67,12 @@ def measure(num_clients: int, per_round: int, local_steps: int, rounds: int) -> 
 
 
 def table(rows: list[dict]) -> str:
-  lines = ["| clients | per round | images / client | client data (uint8) MB | seconds / round "
-           "| first round (compile) s | XLA temp MB | peak RSS MB |", "|" + "---|" * 8]
+  lines = ["| clients | per round | client_chunk | images / client | client data (uint8) MB "
+           "| seconds / round | first round (compile) s | XLA temp MB | peak RSS MB |",
+           "|" + "---|" * 9]
   for r in rows:
-    lines.append(f"| {r['clients']:,} | {r['per_round']} | {r['images_per_client']} | "
+    lines.append(f"| {r['clients']:,} | {r['per_round']} | {r['chunk'] or '-'} | "
+                 f"{r['images_per_client']} | "
                  f"{r['client_data_mb']:.1f} | {r['seconds_per_round']:.2f} | "
                  f"{r['first_round_s']:.1f} | {r['xla_temp_mb']:.1f} | {r['peak_rss_mb']:.0f} |")
   return "\n".join(lines)
@@ -79,14 +84,15 @@ def main(argv=None):
   p.add_argument("--local_steps", type=int, default=5)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "many_clients"))
-  p.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)   # child process
+  p.add_argument("--one", nargs=3, type=int, help=argparse.SUPPRESS)   # child process
   a = p.parse_args(argv)
   if a.one:
     print(json.dumps(measure(*a.one, a.local_steps, a.rounds)))
     return
   rows = []
-  for k, per_round in QUICK if a.quick else CONFIGS:
+  for k, per_round, chunk in QUICK if a.quick else CONFIGS:
     cmd = [sys.executable, "-m", "benchmarks.many_clients", "--one", str(k), str(per_round),
+           str(chunk),
            "--local_steps", str(a.local_steps), "--rounds", str(a.rounds)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))

@@ -149,8 +149,9 @@ def placed_client_data(prism, config, images, parts, mesh) -> rnd.ClientData:
   nbytes = sum(s.data.nbytes for x in jax.tree.leaves(out) for s in x.addressable_shards)
   nbytes /= jax.local_device_count()
   print(f"process {jax.process_index()}/{jax.process_count()}: clients "
-        f"{', '.join(f'{a}-{b - 1}' for a, b in held)} of {len(parts)} "
-        f"({nbytes / 2**20:.1f} MiB per device)")
+        f"{', '.join(f'{a}-{b - 1}' for a, b in held)} of {len(parts)}, images "
+        f"{list(out.images.addressable_shards[0].data.shape)} per device "
+        f"({nbytes / 2**20:.1f} MiB)")
   return out
 
 

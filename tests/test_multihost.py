@@ -77,8 +77,8 @@ def test_each_process_holds_only_its_clients(runs):
   held = {}
   for i in range(2):
     log = open(runs / f"two.log{i}").read()
-    held[i] = re.search(r"process (\d)/2: clients (\S+) of 4", log).groups()
-  assert held == {0: ("0", "0-1"), 1: ("1", "2-3")}
+    held[i] = re.search(r"process (\d)/2: clients (\S+) of 4, images \[(\d+),", log).groups()
+  assert held == {0: ("0", "0-1", "1"), 1: ("1", "2-3", "1")}   # one client per device
   single = open(runs / "one.log").read()
   assert re.search(r"process 0/1: clients 0-3 of 4", single)
   assert "round    1/3" not in open(runs / "two.log1").read()   # no progress from process 1
