@@ -201,10 +201,12 @@ def client_final(state: ClientState, key: jax.Array, cfg: LocalConfig, send_prob
 
 def client_update(server_scores, weights, images, count, key, *, objective: Objective,
                   cfg: LocalConfig, feature_params=None, real_stats=None,
-                  local: LocalState = LocalState(), send_probs=None):
+                  local: LocalState = LocalState(), send_probs=None, upload=None):
   """Local training of one client (``lax.scan`` over ``cfg.local_steps``).
 
-  Returns ``(upload, local, metrics)``: the mask (or PRISM-alpha mix) to upload, the
+  Returns ``(upload, local, metrics)``: the mask (or PRISM-alpha mix) to upload, or
+  ``upload(local_scores, key)`` when given (a DP mechanism's encoding, e.g.
+  :func:`prism_jax.pbm.client_upload`), the
   client's :class:`LocalState` for its next round (GFMN moving averages; optimizer state
   when carried) and its local losses. A dense objective (``trains="weights"``: the FedAvg
   baseline) uploads its float32 weights.
@@ -221,4 +223,6 @@ def client_update(server_scores, weights, images, count, key, *, objective: Obje
   local = LocalState(state.loss_state, state.opt_state if cfg.carry_optimizer else ())
   if objective.trains == "weights":
     return state.scores, local, metrics
+  if upload is not None:
+    return upload(state.scores, k_final), local, metrics
   return client_final(state, k_final, cfg, send_probs), local, metrics

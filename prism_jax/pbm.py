@@ -32,6 +32,7 @@ conversion. Uploads stay one bit per (rotated) coordinate.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -39,7 +40,10 @@ import dp_accounting
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from scipy import special, stats
+
+from prism_jax import masking
 
 ORDERS = (1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0,
           32.0, 48.0, 64.0, 128.0, 256.0)
@@ -62,14 +66,38 @@ def validate(b: float, clip_norm: float, coord_clip: float, participants: int) -
     raise ValueError(f"pbm needs >= 2 participants summed per round, got {participants}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Mechanism:
+  """The mechanism's parameters (static): bias ``b``, update clip norm ``C`` and rotated
+  coordinate clip ``c`` (:func:`coordinate_clip`)."""
+  b: float
+  clip_norm: float
+  coord_clip: float
+
+  def __post_init__(self):
+    validate(self.b, self.clip_norm, self.coord_clip, 2)
+
+  @classmethod
+  def for_model(cls, b: float, clip_rms: float, num_weights: int, spread: float = 3.0):
+    """``C = clip_rms * sqrt(d)`` (a per-weight RMS of the update) and ``c`` from it."""
+    clip_norm = clip_rms * math.sqrt(num_weights)
+    return cls(b, clip_norm, coordinate_clip(clip_norm, padded_size(num_weights), spread))
+
+
 # ---------------------------------------------------------------------------- rotation
-def padded_size(d: int, block: int = BLOCK) -> int:
+def block_size(d: int) -> int:
+  """The Hadamard block for ``d`` coordinates: up to :data:`BLOCK`, and at most ``d / 16``
+  so that padding (one bit per padded coordinate too) stays within about 6%."""
+  return min(BLOCK, 1 << max(d // 16, 1).bit_length() - 1)
+
+
+def padded_size(d: int, block: int | None = None) -> int:
   """Coordinates after rotation: ``d`` padded to whole Hadamard blocks (one bit each)."""
-  block = min(block, 1 << max(d - 1, 1).bit_length())
+  block = block or block_size(d)
   return -(-d // block) * block
 
 
-def rotation(key: jax.Array, d: int, block: int = BLOCK):
+def rotation(key: jax.Array, d: int, block: int | None = None):
   """The round's shared rotation ``(perm, signs)`` of ``d`` coordinates (derived from a key
   both sides know): a random permutation of the padded coordinates, random signs, then a
   normalised Hadamard transform per block (:func:`rotate`). Orthogonal, so ``|Rx| = |x|``."""
@@ -91,20 +119,18 @@ def _hadamard(x: jax.Array) -> jax.Array:
   return x / jnp.sqrt(jnp.asarray(n, x.dtype))
 
 
-def rotate(x: jax.Array, rot, block: int = BLOCK) -> jax.Array:
+def rotate(x: jax.Array, rot, block: int | None = None) -> jax.Array:
   """``[d] -> [padded]``: pad, permute, flip signs, Hadamard per block."""
   perm, signs = rot
-  n = perm.shape[0]
-  block = min(block, n)
+  n, block = perm.shape[0], block or block_size(x.shape[0])
   y = jnp.zeros((n,), x.dtype).at[: x.shape[0]].set(x)[perm] * signs
   return _hadamard(y.reshape(n // block, block)).reshape(n)
 
 
-def unrotate(y: jax.Array, rot, d: int, block: int = BLOCK) -> jax.Array:
+def unrotate(y: jax.Array, rot, d: int, block: int | None = None) -> jax.Array:
   """The inverse of :func:`rotate`, truncated to the first ``d`` coordinates."""
   perm, signs = rot
-  n = perm.shape[0]
-  block = min(block, n)
+  n, block = perm.shape[0], block or block_size(d)
   z = _hadamard(y.reshape(n // block, block)).reshape(n) * signs
   return jnp.zeros((n,), y.dtype).at[perm].set(z)[:d]
 
@@ -128,6 +154,24 @@ def decode(sums: jax.Array, participants, rot, d: int, coord_clip: float,
   n = jnp.asarray(participants, jnp.float32)
   y = coord_clip / (n * b) * (sums.astype(jnp.float32) - n / 2)
   return unrotate(y, rot, d)
+
+
+def client_upload(key: jax.Array, local_scores, global_scores, rot, mech: Mechanism):
+  """A PRISM client's PBM upload: the bits of its update ``theta_k - theta`` (all weights
+  as one vector, in PyTree order)."""
+  theta_k, _ = ravel_pytree(masking.keep_prob(local_scores))
+  theta, _ = ravel_pytree(masking.keep_prob(global_scores))
+  return encode(key, theta_k - theta, rot, mech.clip_norm, mech.coord_clip, mech.b)
+
+
+def new_scores(prev_scores, counts: jax.Array, participants: int, rot, mech: Mechanism,
+               eps: float = 0.01):
+  """The global scores the round's bit sums lead to (before MADA): ``theta + mean update``,
+  clipped to ``[eps, 1 - eps]`` so that ``logit`` stays finite."""
+  theta, unravel = ravel_pytree(masking.keep_prob(prev_scores))
+  theta = jnp.clip(theta + decode(counts, participants, rot, theta.shape[0], mech.coord_clip,
+                                  mech.b), eps, 1.0 - eps)
+  return unravel(jnp.log(theta) - jnp.log1p(-theta))
 
 
 # ------------------------------------------------------------------------- accounting

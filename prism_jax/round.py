@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from prism_jax import baselines, client, generator, masking, multihost, server
+from prism_jax import baselines, client, generator, masking, multihost, pbm, server
 
 AXIS = "clients"
 
@@ -70,6 +70,7 @@ class Prism:
                                          # chunks); None: all of a device's clients at once
   method: str = "prism"                  # or a baseline: "fedpm" | "fedavg" (baselines.py)
   fedpm_reset: int | None = None         # FedPM prior reset period; None: ceil(1 / q)
+  pbm: pbm.Mechanism | None = None       # DP by the Poisson binomial mechanism (pbm.py)
 
   def __post_init__(self):
     baselines.check_method(self.method)
@@ -82,6 +83,12 @@ class Prism:
                          "uploads dense weights and has no DP mechanism here")
       object.__setattr__(self, "objective",
                          dataclasses.replace(self.objective, trains="weights"))
+    if self.pbm is not None and (self.method != "prism" or self.alpha or
+                                 self.local.dp_noise_std or self.local.dp_mode != "algorithm"):
+      raise ValueError("the PBM mechanism applies to PRISM's masks only: not with a baseline, "
+                       "PRISM-alpha or the Gaussian noise on theta (local.dp_noise_std)")
+    if self.pbm is not None and self.per_round < 2:
+      raise ValueError(f"PBM sums at least 2 participants per round, got {self.per_round}")
     if self.fedpm_reset is not None and self.fedpm_reset < 1:
       raise ValueError(f"fedpm_reset must be >= 1, got {self.fedpm_reset}")
     if self.client_chunk is not None and self.client_chunk < 1:
@@ -182,9 +189,19 @@ def _mean_entropy_bits(theta) -> jax.Array:
   return masking.mean_over_weights(jax.tree.map(h, theta))
 
 
+PBM_ROTATION = 0x50424D   # fold_in tag of the round key that gives PBM's shared rotation
+
+
+def pbm_rotation(rotation_key_data: jax.Array, scores):
+  """PBM's rotation of a round, from the key data that the broadcast carries."""
+  return pbm.rotation(jax.random.wrap_key_data(rotation_key_data),
+                      masking.num_weights(scores))
+
+
 def apply_broadcast(prism: Prism, scores, aux, bcast: server.Broadcast, round_: jax.Array):
   """The next global state from a round's :class:`~prism_jax.server.Broadcast`: PRISM's
-  :func:`~prism_jax.server.rebuild` (aggregation + MADA) or FedPM's posterior update.
+  :func:`~prism_jax.server.rebuild` (aggregation + MADA), the PBM estimate of the mean
+  update (:func:`prism_jax.pbm.new_scores`, then MADA) or FedPM's posterior update.
   The server updates its own state with it inside the jitted round and a client applies it
   to the downlink message, so both hold the same scores. Returns ``(scores, aux)``."""
   if prism.method == "fedpm":
@@ -192,10 +209,15 @@ def apply_broadcast(prism: Prism, scores, aux, bcast: server.Broadcast, round_: 
     theta, aux = baselines.fedpm_rebuild(aux, bcast.counts, bcast.participants, round_,
                                          reset, prism.server.smoothing)
     return server.scores_from_probs(theta), aux
+  if prism.pbm is not None:
+    new = pbm.new_scores(scores, bcast.counts, bcast.participants,
+                         pbm_rotation(bcast.rotation, scores), prism.pbm, prism.server.smoothing)
+    return (server.mix(scores, new, bcast.lam) if prism.server.mada else new), aux
   return server.rebuild(scores, bcast, prism.server), aux
 
 
-def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_weights):
+def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_weights,
+                rotation=None):
   """The server's half of a round, from the uploads ``[K, ...]`` (slot weight 0: empty):
   tally the masks into the round's broadcast (with MADA's lambda) and apply it
   (:func:`apply_broadcast`), or average FedAvg's dense weights. Returns the state with new
@@ -207,11 +229,19 @@ def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_
   else:
     # Every round has exactly per_round participants (the other slots are empty).
     counts, n = server.tally(uploads, slot_weights)
-    theta_hat = server.probs_from_counts(counts, n, prism.server.smoothing)
+    if prism.pbm is not None:   # the sums of the bits: all the server sees (secure aggregation)
+      theta_hat = masking.keep_prob(pbm.new_scores(
+          state.scores, counts, prism.per_round, pbm_rotation(rotation, state.scores),
+          prism.pbm, prism.server.smoothing))
+    else:
+      theta_hat = server.probs_from_counts(counts, n, prism.server.smoothing)
     lam = jnp.ones((), jnp.float32)
     if prism.method == "prism" and prism.server.mada:
       lam = server.mada_lambda(key, state.scores, server.scores_from_probs(theta_hat))
-    bcast = server.make_broadcast(counts, prism.per_round, lam, prism.server.smoothing)
+    if prism.pbm is not None:
+      bcast = server.Broadcast(counts, prism.per_round, lam, rotation)
+    else:
+      bcast = server.make_broadcast(counts, prism.per_round, lam, prism.server.smoothing)
     scores, aux = apply_broadcast(prism, state.scores, aux, bcast, state.round)
     if prism.method == "fedpm":
       theta_hat = masking.keep_prob(scores)
@@ -244,13 +274,18 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
                              send_probs=prism.send_probs(weights_shape))
 
-  def one_client(scores, weights, feature_params, images, count, real_stats, local, key):
+  def one_client(scores, shared, images, count, real_stats, local, key):
+    weights, feature_params, rot = shared
+    upload = None
+    if prism.pbm is not None:   # the bits of the update theta_k - theta (pbm.py)
+      upload = lambda local_scores, k: pbm.client_upload(k, local_scores, scores, rot,  # noqa: E731
+                                                          prism.pbm)
     return update(scores, weights, images, count, key, feature_params=feature_params,
-                  real_stats=real_stats, local=local)
+                  real_stats=real_stats, local=local, upload=upload)
 
-  vmapped = jax.vmap(one_client, in_axes=(None, None, None, 0, 0, 0, 0, 0))
+  vmapped = jax.vmap(one_client, in_axes=(None, None, 0, 0, 0, 0, 0))
 
-  def device_clients(scores, weights, feature_params, *per_client):
+  def device_clients(scores, shared, *per_client):
     """This device's clients: all at once, or ``client_chunk`` at a time (``lax.map``), which
     bounds memory by the chunk instead of the number of clients."""
     n, chunk = per_client[0].shape[0], prism.client_chunk
@@ -258,13 +293,13 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
     # as varying over the mesh so the scan's carry keeps one type (carried optimizer states).
     scores = jax.tree.map(lambda x: jax.lax.pcast(x, AXIS, to="varying"), scores)
     if not chunk or chunk >= n:
-      return vmapped(scores, weights, feature_params, *per_client)
+      return vmapped(scores, shared, *per_client)
     split = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), per_client)
-    out = jax.lax.map(lambda xs: vmapped(scores, weights, feature_params, *xs), split)
+    out = jax.lax.map(lambda xs: vmapped(scores, shared, *xs), split)
     return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
 
   clients = jax.shard_map(device_clients, mesh=mesh,
-                          in_specs=(P(), P(), P()) + (P(AXIS),) * 5,
+                          in_specs=(P(), P()) + (P(AXIS),) * 5,
                           out_specs=(P(AXIS), P(AXIS), P(AXIS)))
 
   def round_step(state: ServerState, data: ClientData, key: jax.Array, feature_params):
@@ -283,8 +318,12 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
       per_client = jax.tree.map(lambda x: x[idx], per_client)
     # A client's randomness depends on its id, not on its slot or the device count.
     client_keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(idx)
-    uploads, local_states, cm = clients(state.scores, weights, feature_params, *per_client,
-                                        client_keys)
+    rotation, rot = None, ()
+    if prism.pbm is not None:   # PBM's rotation of this round, shared with every client
+      rotation = jax.random.key_data(jax.random.fold_in(key, PBM_ROTATION))
+      rot = pbm_rotation(rotation, state.scores)
+    uploads, local_states, cm = clients(state.scores, (weights, feature_params, rot),
+                                        *per_client, client_keys)
     if not everyone:   # write back the participants' local states; padding slots are dropped
       target = jnp.where(slot_weights > 0, idx, prism.num_clients)
       local_states = jax.tree.map(lambda all_, new: all_.at[target].set(new, mode="drop"),
@@ -292,7 +331,7 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
     w = slot_weights / jnp.sum(slot_weights)
     metrics = {name: jnp.dot(w, v) for name, v in cm.items()}
     new_state, server_metrics, bcast = server_step(prism, k_server, state, uploads,
-                                                   slot_weights)
+                                                   slot_weights, rotation)
     metrics.update(server_metrics)
     new_state = new_state.replace(local_states=local_states)
     # Outputs leave placed as the next round's input is (no host round trip between rounds);

@@ -45,6 +45,7 @@ class Broadcast:
   counts: Any
   participants: int = flax.struct.field(pytree_node=False)
   lam: jax.Array = None     # float32 []
+  rotation: jax.Array = None   # PBM (prism_jax.pbm): the round's rotation key data, uint32
 
 
 def tally(uploads, client_weights: jax.Array):

@@ -26,7 +26,7 @@ import numpy as np
 
 from prism_jax import (baselines, checkpoint, client, coding, communication, data, downlink, dp,
                        evaluation, export, features, generator, losses, masking, multihost,
-                       partition, runlog, server, visualize)
+                       partition, pbm, runlog, server, visualize)
 from prism_jax import round as rnd
 
 
@@ -45,13 +45,44 @@ def dp_noise_std(config, num_weights: int) -> float:
   cfg = config.get("dp") or {}
   delta, eps = cfg.get("delta", 1e-5), cfg.get("epsilon")
   dp.validate_target(eps if eps is not None else 1.0, delta)
-  if eps is None:
+  if eps is None or cfg.get("mechanism", "gaussian") == "pbm":
     return config.local.dp_noise_std
   if config.local.dp_noise_std:
     raise ValueError("set either config.dp.epsilon (noise calibrated) or "
                      "config.local.dp_noise_std, not both")
   return dp.calibrate_noise(eps, delta, config.rounds, num_weights, cfg.get("sensitivity"),
                             cfg.get("accountant", "rdp"))
+
+
+DP_MECHANISMS = ("gaussian", "pbm")
+
+
+def pbm_mechanism(config, num_weights: int):
+  """The PBM parameters of a config (``dp.mechanism="pbm"``), ``b`` calibrated to
+  ``dp.epsilon`` over ``config.rounds`` unless given; None for the other mechanisms."""
+  cfg = config.get("dp") or {}
+  kind = cfg.get("mechanism", "gaussian")
+  if kind not in DP_MECHANISMS:
+    raise ValueError(f"unknown dp.mechanism {kind!r}; choose one of {DP_MECHANISMS}")
+  if kind != "pbm":
+    return None
+  if config.local.dp_noise_std:
+    raise ValueError("dp.mechanism='pbm' replaces the Gaussian noise on theta: leave "
+                     "local.dp_noise_std at 0")
+  participants = config.get("clients_per_round") or config.num_clients
+  spread = cfg.get("spread", 3.0)
+  mech = pbm.Mechanism.for_model(cfg.get("b") or pbm.B_MAX, cfg.get("clip_rms", 0.05),
+                                 num_weights, spread)
+  b = cfg.get("b")
+  if b is None:
+    if cfg.get("epsilon") is None:
+      raise ValueError("dp.mechanism='pbm' needs dp.epsilon (b calibrated to it) or dp.b")
+    b = pbm.calibrate(cfg["epsilon"], cfg.get("delta", 1e-5), config.rounds, participants,
+                      mech.clip_norm, mech.coord_clip)
+  elif cfg.get("epsilon") is not None:
+    raise ValueError("set either dp.epsilon (b calibrated) or dp.b, not both")
+  pbm.validate(b, mech.clip_norm, mech.coord_clip, participants)
+  return pbm.Mechanism(b, mech.clip_norm, mech.coord_clip)
 
 
 def build(config):
@@ -86,7 +117,7 @@ def build(config):
   return rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
                    config.num_clients, config.get("clients_per_round"),
                    config.get("prism_alpha", 0.0), method=method,
-                   fedpm_reset=config.get("fedpm_reset"))
+                   fedpm_reset=config.get("fedpm_reset"), pbm=pbm_mechanism(config, n))
 
 
 def cache_dir(config) -> str:
@@ -243,9 +274,12 @@ class Run:
   def privacy(self, rounds_done: int) -> dict:
     """``dp_epsilon`` / ``dp_delta`` spent after ``rounds_done`` rounds (empty without DP)."""
     sigma, dp_cfg = self.prism.local.dp_noise_std, self.config.get("dp") or {}
+    delta, mech = dp_cfg.get("delta", 1e-5), self.prism.pbm
+    if mech is not None:
+      return {"dp_epsilon": pbm.epsilon(self.prism.per_round, mech.b, mech.clip_norm,
+                                        mech.coord_clip, rounds_done, delta), "dp_delta": delta}
     if not sigma:
       return {}
-    delta = dp_cfg.get("delta", 1e-5)
     return {"dp_epsilon": dp.epsilon(sigma, masking.num_weights(self.state.scores),
                                      rounds_done, delta, dp_cfg.get("sensitivity"),
                                      dp_cfg.get("accountant", "rdp")), "dp_delta": delta}
@@ -297,6 +331,9 @@ def setup(config, workdir: str, resume: bool = False) -> Run:
   client_data = placed_client_data(prism, config, splits["train"].images, parts, mesh)
   n = masking.num_weights(state.scores)
   comm = communication.round_bits(n, prism.per_round, _num_prob_weights(prism, state.scores))
+  if prism.pbm is not None:   # one bit per rotated (padded) coordinate
+    up = pbm.padded_size(n)
+    comm.update(bits_up_per_client=up, bits_up=up * prism.per_round)
   run = Run(config, workdir, prism, splits, client_data, state, start, resume, keys, ckpt,
             generator.init_weights(prism.model, config.seed), comm, main)
   run.ledger = load_ledger(workdir, start, n, prism.num_clients)
@@ -309,6 +346,13 @@ def setup(config, workdir: str, resume: bool = False) -> Run:
     run.log = run.tb = run.progress = runlog.Silent()
   print(f"{prism.method}: generator with {n:,} weights; upload {comm['bits_up_per_client']:,} "
         f"bits/client/round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
+  if prism.pbm is not None:
+    mech = prism.pbm
+    print(f"DP (Poisson binomial mechanism): b {mech.b:.4g}, update clip C {mech.clip_norm:.4g},"
+          f" coordinate clip c {mech.coord_clip:.4g}, {prism.per_round} clients summed per "
+          f"round; epsilon after {config.rounds} rounds "
+          f"{run.privacy(config.rounds)['dp_epsilon']:.4g} at delta "
+          f"{(config.get('dp') or {}).get('delta', 1e-5)}")
   if prism.local.dp_noise_std:
     dp_cfg = config.get("dp") or {}
     print(f"DP: noise std {prism.local.dp_noise_std:.4g} on theta (multiplier "
@@ -356,7 +400,8 @@ def make_step(run: Run):
   (``coded_bits_down`` etc., :mod:`prism_jax.downlink`)."""
   prism, config = run.prism, run.config
   coding_cfg = config.get("coding") or {}
-  coded = bool(coding_cfg.get("enabled")) and prism.sends_masks   # the same on every process
+  # The same on every process. PBM's bits are fair coins give or take b: nothing to code.
+  coded = bool(coding_cfg.get("enabled")) and prism.sends_masks and prism.pbm is None
   round_step = rnd.make_round_step(prism, rnd.client_mesh(), with_uploads=coded, donate=True)
   send_probs = prism.send_probs(run.state.scores)
   sends_bits = [not p for p in jax.tree.leaves(send_probs)] if send_probs else None

@@ -104,3 +104,20 @@ def test_impossible_parameters_are_refused(kw, match):
 def test_too_few_clients_for_the_target_is_refused():
   with pytest.raises(ValueError, match="sum more clients per round"):
     pbm.calibrate(1.0, 1e-5, 500, 3, 1.0, pbm.coordinate_clip(1.0, 1_000_000))
+
+
+def test_pbm_trains_end_to_end_at_the_calibrated_epsilon(tmp_path):
+  from experiments.configs import mnist_cpu
+  from prism_jax import train
+  c = mnist_cpu.get_config()
+  c.image_size, c.nz, c.ngf, c.num_clients, c.clients_per_round = 16, 16, 4, 4, 4
+  c.local.local_steps, c.local.batch_size, c.rounds = 4, 16, 2
+  c.eval.every, c.sample_every, c.checkpoint_every = 0, 2, 2
+  c.dp.mechanism, c.dp.epsilon = "pbm", 50.0
+  summary = train.train(c, str(tmp_path / "pbm"))
+  n = summary["num_weights"]
+  assert summary["bits_up_per_client"] == pbm.padded_size(n) < 1.06 * n
+  assert 45.0 < summary["dp_epsilon"] <= 50.0 and math.isfinite(summary["final_loss"])
+  with pytest.raises(ValueError, match="not both"):
+    c.dp.b = 0.1
+    train.build(c)

@@ -49,11 +49,16 @@ def get_config():
       local_steps=150, batch_size=64, optimizer_name="adam", learning_rate=0.3, b1=0.5,
       b2=0.999, estimator="ste", carry_optimizer=True,
       dp_noise_std=0.0, dp_clip=0.1, dp_mode="algorithm"))
-  # Differential privacy: set dp.epsilon to calibrate local.dp_noise_std to it over
-  # `rounds` (dp-accounting); the spent (epsilon, delta) is logged every round.
+  # Differential privacy: set dp.epsilon to calibrate the mechanism to it over `rounds`;
+  # the spent (epsilon, delta) is logged every round. mechanism "gaussian": the algorithm's
+  # noise on theta (local.dp_noise_std, dp-accounting); "pbm": the Poisson binomial
+  # mechanism on the clipped update (prism_jax.pbm; bias b calibrated unless set; the update
+  # is clipped to clip_rms * sqrt(#weights), rotated coordinates to spread x that / sqrt(d)).
   c.dp = ml_collections.ConfigDict(dict(
       epsilon=ml_collections.config_dict.placeholder(float), delta=1e-5, accountant="rdp",
-      sensitivity=ml_collections.config_dict.placeholder(float)))   # None: sqrt(#weights)
+      sensitivity=ml_collections.config_dict.placeholder(float),   # None: sqrt(#weights)
+      mechanism="gaussian", b=ml_collections.config_dict.placeholder(float), clip_rms=0.05,
+      spread=3.0))
   # Algorithm: PRISM, or a baseline in the same round (prism_jax.baselines): "fedpm"
   # (Beta-posterior mask aggregation) or "fedavg" (dense weights trained and averaged;
   # set local.learning_rate for weights, e.g. 1e-3).
