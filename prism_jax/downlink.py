@@ -13,7 +13,9 @@ are sent as packed bit planes. PRISM-alpha's probability layers travel as their 
 scores, float32.
 
 Message: ``b"PB" | version | flag | round uint32 | K uint32 | lambda float32 | counts |
-float32 probabilities``. A message that does not decode, or whose round is not the one the
+float32 probabilities``. With the Poisson binomial mechanism (:mod:`prism_jax.pbm`) the
+counts are the per-coordinate sums of the rotated bits, coded against ``Binomial(K, 1/2)``,
+followed by the round's rotation key (2 x uint32) instead of probabilities. A message that does not decode, or whose round is not the one the
 client expects next, raises :class:`DownlinkError` naming the rounds; the client then asks
 for the full float32 scores instead of training on a wrong state.
 
@@ -30,11 +32,11 @@ import time
 import jax
 import numpy as np
 
-from prism_jax import coding, server
+from prism_jax import coding, pbm, server
 
 MAGIC, VERSION = b"PB", 1
 _HEADER = struct.Struct("<2sBBIIf")   # magic, version, flag, round, participants, lambda
-RAW, CODED = 0, 1
+RAW, CODED, PBM_RAW, PBM_CODED = 0, 1, 2, 3
 FLOAT_BITS = 32
 
 
@@ -73,19 +75,24 @@ def encode(bcast: server.Broadcast, round_: int, prev_scores, bit_leaves,
   leaf, whether it holds mask counts (else PRISM-alpha's float32 probabilities)."""
   bcast = jax.device_get(bcast)
   k = int(bcast.participants)
-  counts, probs = _flat_counts(bcast.counts, bit_leaves)
+  if bcast.rotation is not None:   # PBM: sums of rotated bits, Binomial(K, 1/2) give or take b
+    counts, probs = np.asarray(bcast.counts, np.int32), []
+    p = np.full(counts.shape, 0.5, np.float64)
+    flags, extra = (PBM_RAW, PBM_CODED), np.asarray(bcast.rotation, np.uint32).tobytes()
+  else:
+    counts, probs = _flat_counts(bcast.counts, bit_leaves)
+    p = coding.model_from_scores(prev_scores, bit_leaves, floor) if counts.size else None
+    flags, extra = (RAW, CODED), b"".join(np.asarray(x, np.float32).tobytes() for x in probs)
   raw = _pack(counts, k)
-  flag, body = RAW, raw
+  flag, body = flags[0], raw
   if counts.size:
     import constriction
-    p = coding.model_from_scores(prev_scores, bit_leaves, floor)
     encoder = constriction.stream.queue.RangeEncoder()
     encoder.encode(counts, constriction.stream.model.Binomial(k), p)
     coded = encoder.get_compressed().tobytes()
     if len(coded) < len(raw):
-      flag, body = CODED, coded
+      flag, body = flags[1], coded
   header = _HEADER.pack(MAGIC, VERSION, flag, round_, k, float(bcast.lam))
-  extra = b"".join(np.asarray(x, np.float32).tobytes() for x in probs)
   return header + struct.pack("<I", len(body)) + body + extra
 
 
@@ -109,26 +116,34 @@ def decode(payload: bytes, expected_round: int, prev_scores, bit_leaves,
                         "full scores")
   try:
     magic, version, flag, _, k, lam = _HEADER.unpack_from(payload)
-    if version != VERSION or flag not in (RAW, CODED) or k < 1:
+    if version != VERSION or flag not in (RAW, CODED, PBM_RAW, PBM_CODED) or k < 1:
       raise ValueError(f"version {version}, flag {flag}, participants {k}")
     (size,) = struct.unpack_from("<I", payload, _HEADER.size)
     start = _HEADER.size + 4
     body, extra = payload[start:start + size], payload[start + size:]
     leaves = jax.tree.leaves(prev_scores)
-    n_bits = sum(x.size for x, b in zip(leaves, bit_leaves) if b)
+    is_pbm = flag in (PBM_RAW, PBM_CODED)
+    n_bits = (pbm.padded_size(sum(x.size for x in leaves)) if is_pbm else
+              sum(x.size for x, b in zip(leaves, bit_leaves) if b))
     if len(body) != size:
       raise ValueError("truncated counts")
-    if flag == RAW:
+    if flag in (RAW, PBM_RAW):
       counts = _unpack(body, k, n_bits)
     else:
       import constriction
       if size % 4:
         raise ValueError("coded counts not a multiple of 4 bytes")
-      p = coding.model_from_scores(prev_scores, bit_leaves, floor)
+      p = (np.full(n_bits, 0.5) if is_pbm else
+           coding.model_from_scores(prev_scores, bit_leaves, floor))
       decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(body, np.uint32).copy())
       counts = decoder.decode(constriction.stream.model.Binomial(k), p).astype(np.int32)
     if counts.size != n_bits or counts.min(initial=0) < 0 or counts.max(initial=0) > k:
       raise ValueError("counts out of range")
+    if is_pbm:
+      if len(extra) != 8:
+        raise ValueError(f"{len(extra)} bytes of rotation key, expected 8")
+      return server.Broadcast(counts, int(k), np.float32(lam),
+                              np.frombuffer(extra, np.uint32).copy())
     n_probs = sum(x.size for x, b in zip(leaves, bit_leaves) if not b)
     if len(extra) != 4 * n_probs:
       raise ValueError(f"{len(extra)} bytes of probabilities, expected {4 * n_probs}")

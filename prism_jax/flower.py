@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import client, coding, downlink, dp, generator
+from prism_jax import client, coding, downlink, dp, generator, pbm
 from prism_jax import round as rnd
 
 SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOCAL_STATE, GLOBAL, DOWN = (
@@ -175,9 +175,7 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
       images, real_stats = load_data(cid)
       cache.update(data=(jnp.asarray(images), real_stats),
                    weights=generator.init_weights(prism.model, dep.seed),
-                   update=jax.jit(functools.partial(
-                       client.client_update, objective=prism.objective, cfg=prism.local,
-                       send_probs=prism.send_probs(dep.like))))
+                   update=jax.jit(rnd.client_update_fn(prism)))
     images, real_stats = cache["data"]
     cfg = msg.content[CONFIG]
     init = dep.initial
@@ -207,26 +205,32 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
     local = client.init_local_state(prism.objective, prism.local, dep.like)
     if LOCAL_STATE in context.state:
       local = _tree(context.state[LOCAL_STATE].to_numpy_ndarrays(), local)
+    rot = ()
+    if prism.pbm is not None:   # the round's shared rotation
+      rot = rnd.pbm_rotation(jnp.asarray(np.asarray(cfg["rotation"], np.uint32)), scores)
     t0 = time.perf_counter()
     upload, local, metrics = cache["update"](
         scores, cache["weights"], images, jnp.int32(len(images)),
         jax.random.fold_in(k_clients, cid), feature_params=prism.objective.features.params,
-        real_stats=real_stats, local=local)
+        real_stats=real_stats, local=local, rot=rot)
     jax.block_until_ready(upload)
     seconds = time.perf_counter() - t0
     if jax.tree.leaves(local):
       context.state[LOCAL_STATE] = ArrayRecord(_arrays(local))
-    leaves = jax.tree.leaves(upload)
-    masks = [m for m, b in zip(leaves, dep.bit_leaves) if b]
-    probs = [p for p, b in zip(leaves, dep.bit_leaves) if not b]
-    theta = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(scores), dep.bit_leaves) if b]
-    payload = coding.encode(masks, theta, dep.coding_floor)
+    if prism.pbm is not None:   # one bit per rotated coordinate, incompressible: packed
+      payload, probs = np.packbits(np.asarray(upload)).tobytes(), []
+    else:
+      leaves = jax.tree.leaves(upload)
+      masks = [m for m, b in zip(leaves, dep.bit_leaves) if b]
+      probs = [p for p, b in zip(leaves, dep.bit_leaves) if not b]
+      theta = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(scores), dep.bit_leaves)
+               if b]
+      payload = coding.encode(masks, theta, dep.coding_floor)
     content = RecordDict({
         UPLOAD: ConfigRecord({"mask": payload, "client_id": cid, "digest": digest(scores)}),
         PROBS: ArrayRecord([np.asarray(p, np.float32) for p in probs]),
         METRICS: MetricRecord({**{k: float(v) for k, v in metrics.items()},
-                               "client_seconds": seconds,
-                               "coded_bits": coding.payload_bits(payload)})})
+                               "client_seconds": seconds, "coded_bits": 8 * len(payload)})})
     return Message(content, reply_to=msg)
 
   return app
@@ -234,6 +238,10 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
 
 def _decode(dep: Deployment, reply, theta_bits) -> tuple[int, Any, dict, str]:
   up = reply.content[UPLOAD]
+  if dep.prism.pbm is not None:
+    d = pbm.padded_size(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dep.like)))
+    bits = np.unpackbits(np.frombuffer(up["mask"], np.uint8), count=d).astype(bool)
+    return int(up["client_id"]), jnp.asarray(bits), dict(reply.content[METRICS]), up["digest"]
   masks = coding.decode(up["mask"], theta_bits, dep.coding_floor)
   probs = iter(reply.content[PROBS].to_numpy_ndarrays())
   masks = iter(masks)
@@ -262,11 +270,14 @@ def server_app(dep: Deployment, out_path: str | None = None,
     state, downlinks = dep.initial, _Downlinks(dep, n)
     for r in range(dep.rounds):
       t0 = time.perf_counter()
-      k_select, k_clients, k_server = jax.random.split(jax.random.fold_in(k_rounds, r), 3)
+      k_round = jax.random.fold_in(k_rounds, r)
+      k_select, k_clients, k_server = jax.random.split(k_round, 3)
       idx, _ = rnd.select_clients(k_select, prism.num_clients, prism.per_round, prism.per_round)
       ids = [int(i) for i in np.asarray(idx)]
+      rotation = rnd.round_rotation(prism, k_round)
       cfg = ConfigRecord({"round": r, "client_key": np.asarray(
-          jax.random.key_data(k_clients)).astype(np.int64).tolist()})
+          jax.random.key_data(k_clients)).astype(np.int64).tolist()} | (
+          {} if rotation is None else {"rotation": np.asarray(rotation).astype(np.int64).tolist()}))
 
       replies, sent = downlinks.exchange(grid, nodes, ids, cfg, state, r)
       theta_bits = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(state.scores),
@@ -275,8 +286,13 @@ def server_app(dep: Deployment, out_path: str | None = None,
                        key=lambda d: ids.index(d[0]))
       mismatches = downlinks.check({d[0]: d[3] for d in decoded}, state.scores)
       uploads = jax.tree.map(lambda *xs: jnp.stack(xs), *[d[1] for d in decoded])
-      prev = jax.device_get(state.scores)
-      state, sm, bcast = step(k_server, state, uploads, jnp.ones((len(decoded),)))
+      prev, before = jax.device_get(state.scores), state
+      # With PBM the server only needs the per-coordinate sums (secure aggregation in a
+      # deployment; here the replies are summed in the clear).
+      state, sm, bcast = step(k_server, state, uploads, jnp.ones((len(decoded),)), rotation)
+      if prism.pbm is not None:   # the clients' own rule, so that all copies agree bitwise
+        scores, aux = dep.apply(before.scores, before.aux, bcast, before.round)
+        state = state.replace(scores=scores, aux=aux)
       broadcast_bits = downlinks.publish(bcast, r + 1, prev)
       cm = [d[2] for d in decoded]
       m = {"round": r + 1, "seconds": time.perf_counter() - t0,
@@ -292,6 +308,10 @@ def server_app(dep: Deployment, out_path: str | None = None,
            **{k: float(v) for k, v in sm.items()}}
       if prism.local.dp_noise_std:
         m["dp_epsilon"] = dp.epsilon(prism.local.dp_noise_std, n, r + 1, dep.dp_delta)
+      if prism.pbm is not None:
+        mech = prism.pbm
+        m["dp_epsilon"] = pbm.epsilon(prism.per_round, mech.b, mech.clip_norm, mech.coord_clip,
+                                      r + 1, dep.dp_delta)
       if on_round is not None:
         on_round(r + 1, m)
       if out_path:

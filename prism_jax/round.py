@@ -257,6 +257,32 @@ def packed_masks(uploads) -> jax.Array:
   return jnp.packbits(jnp.concatenate(bits, axis=1), axis=1)
 
 
+def client_update_fn(prism: Prism) -> Callable:
+  """:func:`prism_jax.client.client_update` as ``prism`` runs it (the simulator's round and
+  a deployed client alike): PRISM-alpha's float layers, and with PBM the upload of the
+  update's bits under the round's rotation ``rot`` (:func:`pbm_rotation`)."""
+  weights_shape = jax.eval_shape(lambda: generator.init_weights(prism.model, 0))
+  update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
+                             send_probs=prism.send_probs(weights_shape))
+
+  def run(scores, weights, images, count, key, *, feature_params=None, real_stats=None,
+          local=client.LocalState(), rot=()):
+    upload = None
+    if prism.pbm is not None:   # the bits of the update theta_k - theta (pbm.py)
+      upload = lambda local_scores, k: pbm.client_upload(k, local_scores, scores, rot,  # noqa: E731
+                                                          prism.pbm)
+    return update(scores, weights, images, count, key, feature_params=feature_params,
+                  real_stats=real_stats, local=local, upload=upload)
+  return run
+
+
+def round_rotation(prism: Prism, round_key: jax.Array):
+  """PBM's rotation key data for the round with key ``round_key`` (None without PBM)."""
+  if prism.pbm is None:
+    return None
+  return jax.random.key_data(jax.random.fold_in(round_key, PBM_ROTATION))
+
+
 def make_round_step(prism: Prism, mesh: Mesh | None = None,
                     with_uploads: bool = False, donate: bool = False) -> Callable:
   """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``.
@@ -270,18 +296,12 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   mesh = client_mesh() if mesh is None else mesh
   per_slot_group = mesh.size * (prism.client_chunk or 1)
   slots = math.ceil(prism.per_round / per_slot_group) * per_slot_group
-  weights_shape = jax.eval_shape(lambda: generator.init_weights(prism.model, 0))
-  update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
-                             send_probs=prism.send_probs(weights_shape))
+  update = client_update_fn(prism)
 
   def one_client(scores, shared, images, count, real_stats, local, key):
     weights, feature_params, rot = shared
-    upload = None
-    if prism.pbm is not None:   # the bits of the update theta_k - theta (pbm.py)
-      upload = lambda local_scores, k: pbm.client_upload(k, local_scores, scores, rot,  # noqa: E731
-                                                          prism.pbm)
     return update(scores, weights, images, count, key, feature_params=feature_params,
-                  real_stats=real_stats, local=local, upload=upload)
+                  real_stats=real_stats, local=local, rot=rot)
 
   vmapped = jax.vmap(one_client, in_axes=(None, None, 0, 0, 0, 0, 0))
 
@@ -318,10 +338,8 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
       per_client = jax.tree.map(lambda x: x[idx], per_client)
     # A client's randomness depends on its id, not on its slot or the device count.
     client_keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(idx)
-    rotation, rot = None, ()
-    if prism.pbm is not None:   # PBM's rotation of this round, shared with every client
-      rotation = jax.random.key_data(jax.random.fold_in(key, PBM_ROTATION))
-      rot = pbm_rotation(rotation, state.scores)
+    rotation = round_rotation(prism, key)   # PBM: this round's rotation, shared with clients
+    rot = () if rotation is None else pbm_rotation(rotation, state.scores)
     uploads, local_states, cm = clients(state.scores, (weights, feature_params, rot),
                                         *per_client, client_keys)
     if not everyone:   # write back the participants' local states; padding slots are dropped

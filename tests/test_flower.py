@@ -10,16 +10,20 @@ import jax
 import numpy as np
 import pytest
 
-from prism_jax import client, downlink, features, flower, generator, losses
+from prism_jax import client, downlink, features, flower, generator, losses, masking, pbm
 from prism_jax import round as rnd
 
 
-def _setup():
+def _setup(mechanism=""):
   model = generator.ResNetGenerator(image_size=16, channels=1, nz=8, ngf=4)
   objective = client.Objective(model, features.pixels, losses.gaussian_mmd)
+  mech = None
+  if mechanism == "pbm":
+    n = masking.num_weights(jax.eval_shape(lambda: generator.init_weights(model, 0)))
+    mech = pbm.Mechanism.for_model(0.25, 0.05, n)
   prism = rnd.Prism(objective, client.LocalConfig(local_steps=3, batch_size=4),
-                    num_clients=3, clients_per_round=2)
-  dep = flower.Deployment(prism, seed=1, train_seed=2, rounds=5)
+                    num_clients=3, clients_per_round=2, pbm=mech)
+  dep = flower.Deployment(prism, seed=1, train_seed=2, rounds=3 if mech else 5)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (3, 12, 16, 16, 1)).astype(np.uint8)
   return dep, rnd.ClientData(images, np.array([12, 9, 6], np.int32))
@@ -55,6 +59,32 @@ def test_flower_run_matches_the_simulator(tmp_path):
   assert rows[0]["coded_bits_down"] == 0 and sum(r["coded_bits_down"] for r in rows) > 0
   assert all(r["downlink_full_fetches"] == 0 for r in rows)
   assert all(0 < r["broadcast_bits_per_weight"] < 3 for r in rows)
+
+
+@pytest.mark.slow
+def test_flower_pbm_run_matches_the_simulator(tmp_path):
+  """PBM over Flower: clients upload the bits of their rotated updates, the server sums them
+  and broadcasts the sums; every client rebuilds the server's scores bit for bit, and the
+  run follows the simulator's (to float rounding: the simulator rebuilds inside its round)."""
+  pytest.importorskip("flwr")
+  pytest.importorskip("ray")
+  out = str(tmp_path / "flower")
+  proc = subprocess.run([sys.executable, __file__, out, "pbm"], capture_output=True, text=True,
+                        timeout=900, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  dep, data = _setup("pbm")
+  scores, sim_rows = flower.reference(dep, data)
+  got = flower.load_scores(out + ".npz", dep.like)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(scores)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  with open(out + ".jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in sim_rows],
+                             rtol=1e-4)
+  n = masking.num_weights(dep.like)
+  assert all(r["downlink_mismatches"] == 0 and r["downlink_full_fetches"] == 0 for r in rows)
+  assert all(r["coded_bits_per_weight"] == 8 * -(-pbm.padded_size(n) // 8) / n for r in rows)
+  assert [r["dp_epsilon"] for r in rows] == sorted(r["dp_epsilon"] for r in rows)
 
 
 def test_sync_applies_missed_broadcasts_and_refuses_wrong_rounds():
@@ -129,7 +159,7 @@ def test_deployment_refuses_dense_fedavg():
 
 if __name__ == "__main__":   # the Flower run, in its own process (Ray starts actors)
   from flwr.simulation import run_simulation
-  dep, data = _setup()
+  dep, data = _setup(sys.argv[2] if len(sys.argv) > 2 else "")
   run_simulation(flower.server_app(dep, sys.argv[1]),
                  flower.client_app(dep, functools.partial(flower.split_data, data)),
                  num_supernodes=3,
