@@ -5,6 +5,7 @@
   python -m experiments.results --suite=smoke --data_dir=/tmp/tfds   # FMNIST, CIFAR-10, CelebA
   python -m experiments.results --suite=paper --data_dir=~/tensorflow_datasets   # accelerator
   python -m experiments.results --suite=mnist_long   # the paper's regime at CPU scale, ~3 h
+  python -m experiments.results --suite=dp           # PBM vs clients per round, ~2 h
 
 Every run is ``python -m experiments.<dataset> --setting=...`` in its own process, in
 ``<runs_dir>/<name>``; a finished run (``summary.json``) is reused, an interrupted one
@@ -68,6 +69,60 @@ def _mnist_long() -> list[Run]:
   return runs
 
 
+# Client-level DP with 1-bit uploads (prism_jax.pbm): its guarantee improves with the number
+# of clients summed per round, so the suite splits offline MNIST over 100 and 1,000 clients,
+# all taking part every round, with a small generator (16x16, 6,452 weights; stateless
+# clients, run 50 at a time per device).
+DP_CLIENTS = (100, 1000)
+DP_EPSILONS = (1.0, 3.0, 10.0)
+DP_OVERRIDES = (("image_size", 16), ("nz", 16), ("ngf", 4), ("local.local_steps", 5),
+                ("local.batch_size", 32), ("local.carry_optimizer", False), ("rounds", 30),
+                ("eval.every", 10), ("sample_every", 30), ("checkpoint_every", 5),
+                ("client_chunk", 50)) + LONG_MASKS
+
+
+def _dp() -> list[Run]:
+  runs = []
+  for n in DP_CLIENTS:
+    base = DP_OVERRIDES + (("num_clients", n), ("clients_per_round", n))
+    runs.append(Run(f"n{n}-prism", "mnist", "iid,offline,cpu", base, "PRISM (no DP)"))
+    runs += [Run(f"n{n}-pbm-eps{e:g}", "mnist", "iid,offline,cpu",
+                 base + (("dp.mechanism", "pbm"), ("dp.epsilon", e)), f"PRISM + PBM, eps {e:g}")
+             for e in DP_EPSILONS]
+    runs.append(Run(f"n{n}-gaussian-eps10", "mnist", "iid,offline,cpu",
+                    base + (("dp.epsilon", 10.0),), "PRISM, noise on theta, eps 10"))
+  return runs
+
+
+def dp_verdict(results: list[dict]) -> list[str]:
+  """Domain-FID against epsilon and clients per round, each beside non-private PRISM with as
+  many clients, and the smallest number of clients per round at which epsilon <= 10 keeps
+  domain-FID within 2x of non-private."""
+  by_n = {}
+  for r in results:
+    by_n.setdefault(r["config"]["clients_per_round"], []).append(r)
+  lines = ["| clients per round | method | epsilon (delta) | domain-FID (fixed mask) | vs no DP |",
+           "|---|---|---|---|---|"]
+  useful = []
+  for n in sorted(by_n):
+    base = next((r for r in by_n[n] if r["run"].label == "PRISM (no DP)"), None)
+    ref = metric(base["summary"], "fid") if base else None
+    for r in by_n[n]:
+      s, fid = r["summary"], metric(r["summary"], "fid")
+      ratio = fid / ref if fid is not None and ref else None
+      eps = s.get("dp_epsilon")
+      lines.append(f"| {n:,} | {r['run'].label} | "
+                   f"{_fmt(eps) + ' (' + _fmt(s.get('dp_delta')) + ')' if eps else '-'} | "
+                   f"{_fmt(fid)} | {'-' if ratio is None or not eps else f'{ratio:.2f}x'} |")
+      if eps and eps <= 10 and ratio is not None and ratio <= 2 and "PBM" in r["run"].label:
+        useful.append(n)
+  verdict = (f"the smallest number of clients per round at which PBM with epsilon <= 10 keeps "
+             f"domain-FID within 2x of non-private PRISM is {min(useful):,}" if useful else
+             f"with up to {max(by_n):,} clients per round, no PBM run with epsilon <= 10 stayed "
+             "within 2x of non-private PRISM")
+  return lines + ["", f"Verdict: {verdict}."]
+
+
 def _mnist_cpu() -> list[Run]:
   runs = []
   for split in ("iid", "shards", "dirichlet"):
@@ -107,7 +162,8 @@ def _paper() -> list[Run]:
   return runs
 
 
-SUITES = {"mnist_cpu": _mnist_cpu, "smoke": _smoke, "paper": _paper, "mnist_long": _mnist_long}
+SUITES = {"mnist_cpu": _mnist_cpu, "smoke": _smoke, "paper": _paper, "mnist_long": _mnist_long,
+          "dp": _dp}
 # Suites whose finished runs are kept in the repository (checkpoints and event files are
 # ignored), so that a long suite continues on another machine from its finished runs.
 COMMITTED_RUNS = {"mnist_long": os.path.join("results", "mnist_long")}
@@ -456,7 +512,10 @@ def report(suite: str, runs: list[Run], runs_dir: str, out: str, fig_dir: str,
         "150-500 rounds, VGG19 moment matching (GFMN), InceptionV3 FID on 10k images.", "",
         "## Main table", ""] + main_table(results) + ["", "## The paper's claims, checked here",
                                                      ""] + claims(results)
-    pt = paper_table(results) if suite != "smoke" else []
+    if suite == "dp":
+      lines += ["", "## Privacy against clients per round (PBM, 1 bit per weight up)", ""]
+      lines += dp_verdict(results)
+    pt = paper_table(results) if suite not in ("smoke", "dp") else []
     if pt:
       lines += ["", "## Beside the paper's numbers (different embedder and scale)", ""] + pt
     if any(metric(row, "fid") is not None for r in results for row in r["rows"]):

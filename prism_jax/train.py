@@ -116,7 +116,7 @@ def build(config):
                      "local.dp_noise_std cannot be set with it")
   return rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
                    config.num_clients, config.get("clients_per_round"),
-                   config.get("prism_alpha", 0.0), method=method,
+                   config.get("prism_alpha", 0.0), config.get("client_chunk"), method=method,
                    fedpm_reset=config.get("fedpm_reset"), pbm=pbm_mechanism(config, n))
 
 

@@ -85,3 +85,30 @@ def test_rounds_and_bits_to_target_come_from_the_metrics_rows():
   [_, _, row] = results.to_target_table([r])
   # 200 and 100 first reached at round 2, after 3300 + 3240 bits; 50 and 30 never.
   assert row == "| iid | PRISM | 0 | 2, 6.54e+03 | 2, 6.54e+03 | not reached | not reached |"
+
+
+def test_dp_verdict_finds_the_smallest_useful_number_of_clients():
+  def run(n, label, fid, eps=None):
+    r = _fake(f"{n}-{label}", "iid", label, domain_fid_fixed=fid,
+              **({"dp_epsilon": eps, "dp_delta": 1e-5} if eps else {}))
+    r["config"]["clients_per_round"] = n
+    return r
+  rs = [run(100, "PRISM (no DP)", 40.0), run(100, "PRISM + PBM, eps 10", 120.0, 9.9),
+        run(1000, "PRISM (no DP)", 30.0), run(1000, "PRISM + PBM, eps 10", 55.0, 9.9),
+        run(1000, "PRISM + PBM, eps 1", 300.0, 0.99)]
+  text = "\n".join(results.dp_verdict(rs))
+  assert "| 100 | PRISM + PBM, eps 10 | 9.9 (1.00e-05) | 120 | 3.00x |" in text
+  assert "| 1,000 | PRISM + PBM, eps 10 | 9.9 (1.00e-05) | 55 | 1.83x |" in text
+  assert "Verdict: the smallest number of clients per round" in text and "is 1,000." in text
+  rs[3]["summary"]["domain_fid_fixed"] = 70.0
+  assert "no PBM run with epsilon <= 10 stayed within 2x" in "\n".join(results.dp_verdict(rs))
+
+
+def test_dp_suite_runs_pbm_beside_non_private_prism_at_each_scale():
+  runs = results.SUITES["dp"]()
+  for n in results.DP_CLIENTS:
+    names = {r.name for r in runs if r.name.startswith(f"n{n}-")}
+    assert {f"n{n}-prism", f"n{n}-pbm-eps1", f"n{n}-pbm-eps3", f"n{n}-pbm-eps10"} <= names
+  pbm_run = next(r for r in runs if r.name == "n1000-pbm-eps10")
+  overrides = dict(pbm_run.overrides)
+  assert overrides["dp.mechanism"] == "pbm" and overrides["clients_per_round"] == 1000

@@ -68,6 +68,8 @@ def get_config():
   c.mada = True
   c.smoothing = 0.01
   c.prism_alpha = 0.0                        # PRISM-alpha: last fraction of layers send theta
+  c.client_chunk = ml_collections.config_dict.placeholder(int)   # clients vmapped at once per
+                                             # device (lax.map over chunks); None: all at once
   # Entropy-coded uploads (prism_jax.coding): the host codes each round's masks against
   # the broadcast global theta and logs the bits per weight actually needed.
   c.coding = ml_collections.ConfigDict(dict(enabled=True, floor=1e-3))

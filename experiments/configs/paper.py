@@ -1,11 +1,13 @@
 """The paper's settings as one config-as-code, chosen by a comma-separated argument:
 
-  --config=experiments/configs/paper.py:<dataset>,<split>[,dp][,alpha][,nomada][,fedpm|fedavg][,cpu|smoke]
+  --config=experiments/configs/paper.py:<dataset>,<split>[,dp|pbm][,alpha][,nomada][,fedpm|fedavg][,cpu|smoke]
 
 * dataset: mnist | fashion_mnist | cifar10 | celeb_a (tfds) | mnist_offline
 * split:   iid | shards (divide 4; CelebA: 1, male / female clients) | dirichlet (0.005)
 * dp:      DP at epsilon 9.8, delta 1e-5 over the configured rounds (noise calibrated by
            the accountant), clip c = 0.1
+* pbm:     DP at the same epsilon by the Poisson binomial mechanism on the clients' updates
+           (prism_jax.pbm; secure aggregation of the bits assumed, bias b calibrated)
 * dpofficial: the official code's DP branch as it runs (uploads Bernoulli(clip(score, 0.1,
            0.9)), its noise discarded): no privacy, only to compare with the paper's DP
            figures like for like
@@ -33,7 +35,7 @@ from experiments.configs import mnist_cpu
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a", "mnist_offline")
 SPLITS = ("iid", "shards", "dirichlet")
-FLAGS = ("dp", "dpofficial", "alpha", "nomada", "fedpm", "fedavg", "cpu", "smoke")
+FLAGS = ("dp", "pbm", "dpofficial", "alpha", "nomada", "fedpm", "fedavg", "cpu", "smoke")
 # Dense FedAvg trains weights, not scores: Adam (b1 0.5) at 3e-3 was the best of
 # {3e-4, 1e-3, 3e-3} after 5 CPU-scale MNIST rounds (domain-FID 96 / 44 / 25).
 FEDAVG_LEARNING_RATE = 3e-3
@@ -44,7 +46,8 @@ def parse(arg: str) -> tuple[str, str, set[str]]:
   datasets = [p for p in parts if p in DATASETS]
   splits = [p for p in parts if p in SPLITS]
   unknown = [p for p in parts if p not in DATASETS + SPLITS + FLAGS]
-  for pair in ({"fedpm", "fedavg"}, {"cpu", "smoke"}, {"dp", "dpofficial"}):
+  for pair in ({"fedpm", "fedavg"}, {"cpu", "smoke"}, {"dp", "dpofficial"}, {"dp", "pbm"},
+               {"pbm", "dpofficial"}):
     if pair <= set(parts):
       raise ValueError(f"bad paper config {arg!r}: {' and '.join(sorted(pair))} exclude each "
                        "other")
@@ -88,6 +91,8 @@ def get_config(arg: str = "mnist,dirichlet"):
   if "dp" in flags:
     c.dp.epsilon = 9.8
     c.local.dp_clip = 0.1
+  if "pbm" in flags:
+    c.dp.mechanism, c.dp.epsilon = "pbm", 9.8
   if "dpofficial" in flags:
     c.local.dp_mode, c.local.dp_clip = "official", 0.1
   if "alpha" in flags:
