@@ -1,10 +1,11 @@
-"""Runs a suite of experiments and writes RESULTS.md from their run directories.
+"""Runs a suite of experiments and writes its report from their run directories.
 
   python -m experiments.results                      # MNIST at CPU scale (offline), ~75 min
-  python -m experiments.results --report_only        # rewrite RESULTS.md from existing runs
+  python -m experiments.results --report_only        # rewrite its report from existing runs
   python -m experiments.results --suite=smoke --data_dir=/tmp/tfds   # FMNIST, CIFAR-10, CelebA
   python -m experiments.results --suite=paper --data_dir=~/tensorflow_datasets   # accelerator
-  python -m experiments.results --suite=mnist_long   # the paper's regime at CPU scale, ~3 h
+  python -m experiments.results --suite=mnist_long   # the paper's regime at CPU scale, ~3 h:
+                                                     # RESULTS.md (others: RESULTS-<suite>.md)
   python -m experiments.results --suite=dp           # PBM vs clients per round, ~2 h
 
 Every run is ``python -m experiments.<dataset> --setting=...`` in its own process, in
@@ -546,7 +547,7 @@ def main(argv=None):
   parser.add_argument("--suite", default="mnist_cpu", choices=sorted(SUITES))
   parser.add_argument("--runs_dir", default=None, help="default: runs/results/<suite> "
                       "(mnist_long: results/mnist_long, committed without checkpoints)")
-  parser.add_argument("--out", default=None, help="default: RESULTS.md (mnist_cpu) or "
+  parser.add_argument("--out", default=None, help="default: RESULTS.md (mnist_long) or "
                       "RESULTS-<suite>.md")
   parser.add_argument("--figures", default="results", help="folder for the report's figures")
   parser.add_argument("--data_dir", default=None, help="tfds data_dir")
@@ -564,7 +565,7 @@ def main(argv=None):
     runs = [r for r in runs if r.name in wanted]
   runs_dir = args.runs_dir or COMMITTED_RUNS.get(args.suite) or os.path.join("runs", "results",
                                                                              args.suite)
-  out = args.out or ("RESULTS.md" if args.suite == "mnist_cpu" else f"RESULTS-{args.suite}.md")
+  out = args.out or ("RESULTS.md" if args.suite == "mnist_long" else f"RESULTS-{args.suite}.md")
   status = {}
   if not args.report_only:
     for run in runs:
