@@ -1,0 +1,139 @@
+"""One client's local step against the official PyTorch code, same machine, same process run.
+
+The official side is the official repository's own code, imported from where it was fetched
+(nothing of it is copied here): ``clients.prism.Client.local_train`` with
+``models.prism.ResnetG`` and the VGG19-BN feature extractor (``models.vgg_pytorch``, random
+weights: the pretrained download is switched off), real-feature statistics given instead of
+precomputed from data. Ours is :func:`prism_jax.round.make_round_step` with one client and the
+same sizes. Each side runs a warm-up (compilation for JAX), then ``--steps`` local steps
+timed; the table gives seconds per local step and the ratio.
+
+  pip install torch torchvision pandas --index-url https://download.pytorch.org/whl/cpu
+  git clone https://github.com/tjrudrnr2/PRISM_ICLR25 /tmp/PRISM_ICLR25
+  python -m benchmarks.vs_official --official=/tmp/PRISM_ICLR25            # paper size
+  python -m benchmarks.vs_official --official=/tmp/PRISM_ICLR25 --size=small --steps=2
+
+Rows: "vgg19" (the 16 ReLU maps of VGG19-BN, GFMN moment matching: the paper's step) and
+"pixels" (the generator alone: GFMN on the pixels, features patched to the image itself on
+the official side).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+SIZES = {"paper": dict(nz=128, ngf=64), "small": dict(nz=32, ngf=8)}
+
+
+def official_step_seconds(repo: str, row: str, nz: int, ngf: int, batch: int, steps: int,
+                          threads: int) -> float:
+  """Seconds per local step of the official client (its ``local_train`` loop)."""
+  import torch
+  torch.set_num_threads(threads)
+  if repo not in sys.path:
+    sys.path.insert(0, repo)
+  from clients import prism as official_client
+  from models import load_classifier, vgg_pytorch
+  from src import options
+  if not getattr(vgg_pytorch, "_offline", False):   # random VGG19 weights, no download
+    orig = vgg_pytorch.vgg19_bn
+    vgg_pytorch.vgg19_bn = lambda pretrained=False, **kw: orig(False, **kw)
+    vgg_pytorch._offline = True
+  saved, sys.argv = sys.argv, [sys.argv[0]]
+  try:
+    args = options.args_parser()
+  finally:
+    sys.argv = saved
+  args.nz, args.ngf, args.nc, args.imageSize, args.local_bs = nz, ngf, 1, 32, batch
+  args.dataset, args.local_ep, args.save = "mnist", steps, False
+  clf = load_classifier.getClassifier(args)
+  client = official_client.Client(args, clf, None, 0, "cpu")
+  if row == "pixels":   # the generator alone: GFMN on the image itself
+    client.preprocess_fakeData = lambda x, *_: x
+    client.extractFeatures = lambda x, detachOutput=False: x.reshape(x.shape[0], -1)
+    client._Client__build_NetMeanVar(32 * 32)
+    client._Client__getOptimizers()
+    dim = 32 * 32
+  else:
+    dim = client.numFeaturesInEnc
+  stats = (torch.randn(dim), torch.rand(dim))
+  client.Load_precomputed_realData = lambda: stats
+  with contextlib.redirect_stdout(io.StringIO()):   # its per-step progress lines
+    args.local_ep = 2
+    client.local_train(0, None, None)                # warm-up
+    args.local_ep = steps
+    t0 = time.perf_counter()
+    client.local_train(0, None, None)
+  return (time.perf_counter() - t0) / steps
+
+
+def ours_step_seconds(row: str, nz: int, ngf: int, batch: int, steps: int,
+                      conv_impl: str | None) -> float:
+  """Seconds per local step of one client in the jitted round (after compilation)."""
+  from prism_jax import client, features, generator, losses
+  from prism_jax import round as rnd
+  model = generator.ResNetGenerator(32, 1, nz, ngf, conv_impl=conv_impl)
+  if row == "vgg19":
+    extractor = features.get_extractor("vgg19", weights="random", image_size=32,
+                                       num_layers=16, official=True)
+  else:
+    extractor = features.pixels
+  objective = client.Objective(model, extractor, losses.get_loss("gfmn", learning_rate=1e-5,
+                                                                 v_init="torch"))
+  prism = rnd.Prism(objective, client.LocalConfig(local_steps=steps, batch_size=batch,
+                                                  carry_optimizer=True), num_clients=1)
+  dim = objective.feature_dim()
+  rng = np.random.default_rng(0)
+  data = rnd.ClientData(np.zeros((1, 1, 32, 32, 1), np.uint8), np.ones((1,), np.int32),
+                        (rng.normal(size=(1, dim)).astype(np.float32),
+                         rng.uniform(size=(1, dim)).astype(np.float32)))
+  step = rnd.make_round_step(prism, donate=True)
+  state = rnd.init_state(model, 0, jax.random.key(0), prism=prism)
+  times = []
+  for r in range(3):   # round 0 compiles
+    t0 = time.perf_counter()
+    state, m = step(state, data, jax.random.key(r))
+    jax.block_until_ready(m["loss"])
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times[1:]) / steps
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--official", required=True, help="the official repository, fetched")
+  p.add_argument("--size", default="paper", choices=sorted(SIZES))
+  p.add_argument("--rows", default="vgg19,pixels")
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--conv_impl", default=None, help="ours: xla | matmul (default: auto)")
+  p.add_argument("--out", default=None, help="JSON file for the results")
+  a = p.parse_args(argv)
+  size = SIZES[a.size]
+  rows = []
+  for row in a.rows.split(","):
+    off = official_step_seconds(os.path.abspath(a.official), row, size["nz"], size["ngf"],
+                                a.batch, a.steps, a.threads)
+    ours = ours_step_seconds(row, size["nz"], size["ngf"], a.batch, a.steps, a.conv_impl)
+    rows.append({"row": row, "official_s": off, "prism_jax_s": ours, "speedup": off / ours})
+    print(f"| {row} | {off:.3f} | {ours:.3f} | {off / ours:.2f}x |", flush=True)
+  import torch
+  result = {"size": a.size, **size, "batch": a.batch, "steps": a.steps, "threads": a.threads,
+            "torch": torch.__version__, "jax": jax.__version__, "rows": rows}
+  print(json.dumps(result, indent=1))
+  if a.out:
+    with open(a.out, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
