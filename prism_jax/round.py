@@ -8,7 +8,8 @@
    client axis, which ``shard_map`` spreads over the devices of a 1-D ``"clients"`` mesh;
 4. the server reduces the uploaded masks over the client axis to per-weight counts, the
    round's broadcast, and applies it with MADA (:func:`apply_broadcast`), as every client
-   does with the downlink message.
+   does with the downlink message. With the Poisson binomial mechanism (:mod:`prism_jax.pbm`)
+   clients upload the bits of their rotated updates instead, and the counts are their sums.
 Clients hold different amounts of data: ``ClientData`` is padded to a common length and
 carries per-client ``counts``. When the number of selected clients does not divide the
 number of devices, empty slots with aggregation weight 0 fill the last device.
