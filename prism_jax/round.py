@@ -231,14 +231,16 @@ def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_
     # Every round has exactly per_round participants (the other slots are empty).
     counts, n = server.tally(uploads, slot_weights)
     if prism.pbm is not None:   # the sums of the bits: all the server sees (secure aggregation)
-      theta_hat = masking.keep_prob(pbm.new_scores(
-          state.scores, counts, prism.per_round, pbm_rotation(rotation, state.scores),
-          prism.pbm, prism.server.smoothing))
+      new = pbm.new_scores(state.scores, counts, prism.per_round,
+                           pbm_rotation(rotation, state.scores), prism.pbm,
+                           prism.server.smoothing)
+      theta_hat = masking.keep_prob(new)
     else:
       theta_hat = server.probs_from_counts(counts, n, prism.server.smoothing)
+      new = server.scores_from_probs(theta_hat)
     lam = jnp.ones((), jnp.float32)
     if prism.method == "prism" and prism.server.mada:
-      lam = server.mada_lambda(key, state.scores, server.scores_from_probs(theta_hat))
+      lam = server.mada_lambda(key, state.scores, new)
     if prism.pbm is not None:
       bcast = server.Broadcast(counts, prism.per_round, lam, rotation)
     else:
