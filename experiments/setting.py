@@ -11,23 +11,11 @@ goes to ``--workdir`` (default ``runs/<dataset>-<setting>``).
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.configs import paper
+from experiments.configs import overrides, paper
 from prism_jax import train
-
-
-def _prescan(name: str, default: str) -> str:
-  """The value of ``--name`` before absl parses flags (it decides the config's defaults)."""
-  for i, arg in enumerate(sys.argv):
-    if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-    if arg == f"--{name}" and i + 1 < len(sys.argv):
-      return sys.argv[i + 1]
-  return default
 
 
 def config_for(dataset: str, setting: str):
@@ -42,8 +30,10 @@ def config_for(dataset: str, setting: str):
 
 
 def main(dataset: str, default_setting: str = "dirichlet") -> None:
-  setting = _prescan("setting", default_setting)
-  config_flags.DEFINE_config_dict("config", config_for(dataset, setting))
+  setting = overrides.prescan("setting", default_setting)
+  config = config_for(dataset, setting)
+  overrides.check_argv(config)
+  config_flags.DEFINE_config_dict("config", config)
   flags.DEFINE_string("setting", default_setting, "Paper setting: split and flags, "
                       "comma-separated (see experiments/configs/paper.py).")
   flags.DEFINE_string("workdir", f"runs/{dataset}-{setting.replace(',', '-')}",

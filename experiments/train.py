@@ -12,9 +12,11 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.configs import overrides
 from prism_jax import multihost, train
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
+overrides.check_argv(overrides.load_config_file(overrides.prescan("config", _DEFAULT)))
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mnist_cpu", "Where the run writes its outputs.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest "

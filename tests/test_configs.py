@@ -1,5 +1,9 @@
 """The paper configs run the official code's behaviours; flags that exclude each other and
 a DP setting that would claim privacy it has not are refused before any run starts."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from experiments.configs import mnist_cpu, paper
@@ -34,3 +38,27 @@ def test_default_run_is_pure_prism():
   prism = train.build(c)
   assert prism.method == "prism" and prism.alpha == 0 and prism.server.mada
   assert prism.sends_masks and prism.local.carry_optimizer
+
+
+def test_override_of_a_missing_field_says_what_exists_and_where_it_is():
+  from experiments.configs import mnist_cpu, overrides
+  c = mnist_cpu.get_config()
+  msg = overrides.missing_field_message(c, "features_kwargs.weights",
+                                        "--config.features_kwargs.weights")
+  assert msg.startswith("--config.features_kwargs.weights: the chosen config has no field "
+                        "'weights' in features_kwargs (its fields: none)")
+  assert "paper.py:mnist_offline,dirichlet" in msg
+  assert "did you mean 'rounds'?" in overrides.missing_field_message(c, "rouds")
+  assert overrides.missing_field_message(c, "local.learning_rate") is None
+  with pytest.raises(ValueError, match="no field 'lr' in local .*learning_rate"):
+    overrides.override(c, "local.lr", 0.1)
+  assert overrides.override(c, "local.learning_rate", 0.1).local.learning_rate == 0.1
+
+
+def test_command_line_override_of_a_missing_field_fails_with_the_explanation():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", "--workdir=/nonexistent",
+                         "--config.features_kwargs.weights=w.npz"], cwd=root,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "AttributeError" not in proc.stderr
+  assert "FATAL: --config.features_kwargs.weights: the chosen config has no field" in proc.stderr
