@@ -167,7 +167,8 @@ SUITES = {"mnist_cpu": _mnist_cpu, "smoke": _smoke, "paper": _paper, "mnist_long
           "dp": _dp}
 # Suites whose finished runs are kept in the repository (checkpoints and event files are
 # ignored), so that a long suite continues on another machine from its finished runs.
-COMMITTED_RUNS = {"mnist_long": os.path.join("results", "mnist_long")}
+COMMITTED_RUNS = {"mnist_long": os.path.join("results", "mnist_long"),
+                  "dp": os.path.join("results", "dp")}
 MODES = evaluation.MODES
 FID_TARGETS = (200.0, 100.0, 50.0, 30.0)       # domain-FID levels for rounds / bits to target
 
