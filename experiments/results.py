@@ -104,10 +104,16 @@ def dp_verdict(results: list[dict]) -> list[str]:
     by_n.setdefault(r["config"]["clients_per_round"], []).append(r)
   lines = ["| clients per round | method | epsilon (delta) | domain-FID (fixed mask) | vs no DP |",
            "|---|---|---|---|---|"]
-  useful = []
+  useful, uninformative = [], []
   for n in sorted(by_n):
     base = next((r for r in by_n[n] if r["run"].label == "PRISM (no DP)"), None)
     ref = metric(base["summary"], "fid") if base else None
+    # The algorithm-as-stated DP at epsilon 10 is noise (std ~ 1e2 on theta): if the
+    # non-private run is not 2x better than it, the runs are too short to tell anything.
+    noise = next((metric(r["summary"], "fid") for r in by_n[n]
+                  if "noise on theta" in r["run"].label), None)
+    if ref and noise and noise / ref < 2:
+      uninformative.append(n)
     for r in by_n[n]:
       s, fid = r["summary"], metric(r["summary"], "fid")
       ratio = fid / ref if fid is not None and ref else None
@@ -115,12 +121,19 @@ def dp_verdict(results: list[dict]) -> list[str]:
       lines.append(f"| {n:,} | {r['run'].label} | "
                    f"{_fmt(eps) + ' (' + _fmt(s.get('dp_delta')) + ')' if eps else '-'} | "
                    f"{_fmt(fid)} | {'-' if ratio is None or not eps else f'{ratio:.2f}x'} |")
-      if eps and eps <= 10 and ratio is not None and ratio <= 2 and "PBM" in r["run"].label:
+      if (eps and eps <= 10 and ratio is not None and ratio <= 2 and "PBM" in r["run"].label
+          and n not in uninformative):
         useful.append(n)
   verdict = (f"the smallest number of clients per round at which PBM with epsilon <= 10 keeps "
              f"domain-FID within 2x of non-private PRISM is {min(useful):,}" if useful else
              f"with up to {max(by_n):,} clients per round, no PBM run with epsilon <= 10 stayed "
              "within 2x of non-private PRISM")
+  if not useful and set(uninformative) == set(by_n):
+    verdict = "none yet"
+  if uninformative:
+    verdict += (f" (no verdict at {', '.join(f'{n:,}' for n in uninformative)} clients per "
+                "round: there the non-private run is not 2x better than the noise-only run, so "
+                "the runs are too short to separate the mechanisms)")
   return lines + ["", f"Verdict: {verdict}."]
 
 

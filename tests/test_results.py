@@ -112,3 +112,15 @@ def test_dp_suite_runs_pbm_beside_non_private_prism_at_each_scale():
   pbm_run = next(r for r in runs if r.name == "n1000-pbm-eps10")
   overrides = dict(pbm_run.overrides)
   assert overrides["dp.mechanism"] == "pbm" and overrides["clients_per_round"] == 1000
+
+
+def test_dp_verdict_withholds_judgement_when_no_dp_is_no_better_than_noise():
+  def run(n, label, fid, eps=None):
+    r = _fake(f"{n}-{label}", "iid", label, domain_fid_fixed=fid,
+              **({"dp_epsilon": eps, "dp_delta": 1e-5} if eps else {}))
+    r["config"]["clients_per_round"] = n
+    return r
+  rs = [run(100, "PRISM (no DP)", 130.0), run(100, "PRISM + PBM, eps 10", 131.0, 9.9),
+        run(100, "PRISM, noise on theta, eps 10", 160.0, 10.0)]
+  text = "\n".join(results.dp_verdict(rs))
+  assert "Verdict: none yet (no verdict at 100 clients per round" in text
