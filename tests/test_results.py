@@ -87,15 +87,18 @@ def test_rounds_and_bits_to_target_come_from_the_metrics_rows():
   assert row == "| iid | PRISM | 0 | 2, 6.54e+03 | 2, 6.54e+03 | not reached | not reached |"
 
 
+def _dp_run(n, label, fid, eps=None):
+  """A fake finished run of the dp suite with ``n`` clients per round."""
+  r = _fake(f"{n}-{label}", "iid", label, domain_fid_fixed=fid,
+            **({"dp_epsilon": eps, "dp_delta": 1e-5} if eps else {}))
+  r["config"]["clients_per_round"] = n
+  return r
+
+
 def test_dp_verdict_finds_the_smallest_useful_number_of_clients():
-  def run(n, label, fid, eps=None):
-    r = _fake(f"{n}-{label}", "iid", label, domain_fid_fixed=fid,
-              **({"dp_epsilon": eps, "dp_delta": 1e-5} if eps else {}))
-    r["config"]["clients_per_round"] = n
-    return r
-  rs = [run(100, "PRISM (no DP)", 40.0), run(100, "PRISM + PBM, eps 10", 120.0, 9.9),
-        run(1000, "PRISM (no DP)", 30.0), run(1000, "PRISM + PBM, eps 10", 55.0, 9.9),
-        run(1000, "PRISM + PBM, eps 1", 300.0, 0.99)]
+  rs = [_dp_run(100, "PRISM (no DP)", 40.0), _dp_run(100, "PRISM + PBM, eps 10", 120.0, 9.9),
+        _dp_run(1000, "PRISM (no DP)", 30.0), _dp_run(1000, "PRISM + PBM, eps 10", 55.0, 9.9),
+        _dp_run(1000, "PRISM + PBM, eps 1", 300.0, 0.99)]
   text = "\n".join(results.dp_verdict(rs))
   assert "| 100 | PRISM + PBM, eps 10 | 9.9 (1.00e-05) | 120 | 3.00x |" in text
   assert "| 1,000 | PRISM + PBM, eps 10 | 9.9 (1.00e-05) | 55 | 1.83x |" in text
@@ -115,12 +118,7 @@ def test_dp_suite_runs_pbm_beside_non_private_prism_at_each_scale():
 
 
 def test_dp_verdict_withholds_judgement_when_no_dp_is_no_better_than_noise():
-  def run(n, label, fid, eps=None):
-    r = _fake(f"{n}-{label}", "iid", label, domain_fid_fixed=fid,
-              **({"dp_epsilon": eps, "dp_delta": 1e-5} if eps else {}))
-    r["config"]["clients_per_round"] = n
-    return r
-  rs = [run(100, "PRISM (no DP)", 130.0), run(100, "PRISM + PBM, eps 10", 131.0, 9.9),
-        run(100, "PRISM, noise on theta, eps 10", 160.0, 10.0)]
+  rs = [_dp_run(100, "PRISM (no DP)", 130.0), _dp_run(100, "PRISM + PBM, eps 10", 131.0, 9.9),
+        _dp_run(100, "PRISM, noise on theta, eps 10", 160.0, 10.0)]
   text = "\n".join(results.dp_verdict(rs))
   assert "Verdict: none yet (no verdict at 100 clients per round" in text
