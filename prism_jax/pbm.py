@@ -79,9 +79,15 @@ class Mechanism:
 
   @classmethod
   def for_model(cls, b: float, clip_rms: float, num_weights: int, spread: float = 3.0):
-    """``C = clip_rms * sqrt(d)`` (a per-weight RMS of the update) and ``c`` from it."""
-    clip_norm = clip_rms * math.sqrt(num_weights)
-    return cls(b, clip_norm, coordinate_clip(clip_norm, padded_size(num_weights), spread))
+    """The mechanism with :func:`clips` for a model of ``num_weights`` weights."""
+    return cls(b, *clips(clip_rms, num_weights, spread))
+
+
+def clips(clip_rms: float, num_weights: int, spread: float = 3.0) -> tuple[float, float]:
+  """``(C, c)``: ``C = clip_rms * sqrt(d)`` (a per-weight RMS of the update) and the rotated
+  coordinate clip :func:`coordinate_clip` over the padded coordinates."""
+  clip_norm = clip_rms * math.sqrt(num_weights)
+  return clip_norm, coordinate_clip(clip_norm, padded_size(num_weights), spread)
 
 
 # ---------------------------------------------------------------------------- rotation

@@ -70,19 +70,18 @@ def pbm_mechanism(config, num_weights: int):
     raise ValueError("dp.mechanism='pbm' replaces the Gaussian noise on theta: leave "
                      "local.dp_noise_std at 0")
   participants = config.get("clients_per_round") or config.num_clients
-  spread = cfg.get("spread", 3.0)
-  mech = pbm.Mechanism.for_model(cfg.get("b") or pbm.B_MAX, cfg.get("clip_rms", 0.05),
-                                 num_weights, spread)
+  clip_norm, coord_clip = pbm.clips(cfg.get("clip_rms", 0.05), num_weights,
+                                    cfg.get("spread", 3.0))
   b = cfg.get("b")
   if b is None:
     if cfg.get("epsilon") is None:
       raise ValueError("dp.mechanism='pbm' needs dp.epsilon (b calibrated to it) or dp.b")
     b = pbm.calibrate(cfg["epsilon"], cfg.get("delta", 1e-5), config.rounds, participants,
-                      mech.clip_norm, mech.coord_clip)
+                      clip_norm, coord_clip)
   elif cfg.get("epsilon") is not None:
     raise ValueError("set either dp.epsilon (b calibrated) or dp.b, not both")
-  pbm.validate(b, mech.clip_norm, mech.coord_clip, participants)
-  return pbm.Mechanism(b, mech.clip_norm, mech.coord_clip)
+  pbm.validate(b, clip_norm, coord_clip, participants)
+  return pbm.Mechanism(b, clip_norm, coord_clip)
 
 
 def build(config):
