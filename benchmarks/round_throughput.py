@@ -10,6 +10,11 @@ Sections: (a) clients per round, one jit vs Python loop over the same jitted cli
 (b) local iterations; (c) forced host devices 1/2/4/8 (separate processes: compile time,
 seconds per round, executables compiled over several rounds); (d) mask sampling alone;
 (e) client chunking (``lax.map`` over vmapped chunks) and memory.
+
+  python -m benchmarks.round_throughput --accelerator      # GPU / TPU: 10, 100, 1,000 clients
+
+``--accelerator`` runs only (a), at 10, 100 and 1,000 clients for the default and the paper
+generator, within ``--budget_s`` (rows that would not fit are skipped and listed).
 """
 from __future__ import annotations
 
@@ -139,35 +144,80 @@ def sampling_rate(n: int, repeats: int) -> float:
   return n / t
 
 
+def clients_row(gen, clients, steps, repeats, chunk=None, loop=True) -> dict:
+  """One row of (a): the one-jit round, the Python loop and one client's step."""
+  prism, data, state = setup(gen, clients, steps, chunk=chunk)
+  first, steady, cache = one_jit(prism, data, state, repeats)
+  loop_s = python_loop(prism, data, state, repeats)[1] if loop else None
+  t_step = one_client_step(prism, data, state, repeats)
+  row = {"generator": gen, "weights": masking.num_weights(state.scores), "clients": clients,
+         "client_chunk": chunk, "local_steps": steps, "compile_plus_first_s": first,
+         "round_s": steady, "loop_round_s": loop_s,
+         "speedup_vs_loop": loop_s / steady if loop_s else None,
+         "client_step_s": t_step, "round_over_client_work": steady / (t_step * steps * clients),
+         "rounds_per_hour": 3600 / steady,
+         "client_steps_per_s": clients * steps / steady, "executables": cache}
+  print(json.dumps(row), flush=True)
+  return row
+
+
+# (generator, clients, local steps, client_chunk) of the accelerator section, cheapest first.
+ACCELERATOR_ROWS = [("default", 10, 5, None), ("paper", 10, 5, None),
+                    ("default", 100, 5, None), ("paper", 100, 5, None),
+                    ("default", 1000, 5, 100), ("paper", 1000, 2, 100)]
+
+
+def accelerator(repeats: int, budget_s: float, only=None) -> dict:
+  """(a) at 10 / 100 / 1,000 clients on an accelerator, rows in order while time is left
+  (``only``: these numbers of clients)."""
+  t0, rows, skipped = time.perf_counter(), [], []
+  for gen, clients, steps, chunk in ACCELERATOR_ROWS:
+    if only and clients not in only:
+      continue
+    spent = time.perf_counter() - t0
+    # A row costs about its clients' share of the last one's time; stop when it would not fit.
+    guess = (rows[-1]["_seconds"] * clients / rows[-1]["clients"]) if rows else 0.0
+    if spent + guess > budget_s:
+      skipped.append(f"{gen} x {clients}")
+      continue
+    ts = time.perf_counter()
+    rows.append(dict(clients_row(gen, clients, steps, repeats, chunk), _seconds=0.0))
+    rows[-1]["_seconds"] = time.perf_counter() - ts
+  for r in rows:
+    r.pop("_seconds")
+  return {"clients": rows, "skipped": skipped}
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--quick", action="store_true")
+  p.add_argument("--accelerator", action="store_true", help="only (a), 10 to 1,000 clients")
+  p.add_argument("--budget_s", type=float, default=240, help="--accelerator's time budget")
+  p.add_argument("--clients", default="", help="--accelerator: only these, e.g. 100,1000")
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--out", default="benchmarks/round_throughput.json")
   args = p.parse_args()
   q = args.quick
   r = 1 if q else args.repeats
   res = {"machine": {"backend": jax.default_backend(), "devices": jax.device_count(),
+                     "device": str(jax.devices()[0].device_kind),
                      "cpus": os.cpu_count(), "jax": jax.__version__}}
+  if args.accelerator:
+    only = [int(c) for c in args.clients.split(",") if c]
+    res.update(accelerator(r, args.budget_s, only))
+    with open(args.out, "w") as f:
+      json.dump(res, f, indent=2)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+      f.write(markdown(res))
+    print("\n" + markdown(res))
+    return
 
   # (a) clients per round: one jit vs the Python loop, plus the client-work bound.
-  rows = []
-  for gen, clients, steps in ([("small", 10, 5)] if q else
-                              [("small", 10, 5), ("small", 100, 5), ("small", 1000, 2),
-                               ("default", 10, 5), ("paper", 10, 1)]):
-    prism, data, state = setup(gen, clients, steps)
-    first, steady, cache = one_jit(prism, data, state, r)
-    loop = python_loop(prism, data, state, r)[1] if clients <= 100 else None
-    t_step = one_client_step(prism, data, state, r)
-    row = {"generator": gen, "weights": masking.num_weights(state.scores), "clients": clients,
-           "local_steps": steps, "compile_plus_first_s": first, "round_s": steady,
-           "loop_round_s": loop, "speedup_vs_loop": loop / steady if loop else None,
-           "client_step_s": t_step, "round_over_client_work": steady / (t_step * steps * clients),
-           "rounds_per_hour": 3600 / steady,
-           "client_steps_per_s": clients * steps / steady, "executables": cache}
-    rows.append(row)
-    print(json.dumps(row), flush=True)
-  res["clients"] = rows
+  res["clients"] = [clients_row(gen, clients, steps, r, loop=clients <= 100)
+                    for gen, clients, steps in ([("small", 10, 5)] if q else
+                                                [("small", 10, 5), ("small", 100, 5),
+                                                 ("small", 1000, 2), ("default", 10, 5),
+                                                 ("paper", 10, 1)])]
 
   # (b) local iterations.
   res["local_steps"] = []
@@ -197,7 +247,9 @@ def main():
 def markdown(res) -> str:
   """The README's Performance table."""
   m = res["machine"]
-  lines = [f"{m['backend'].upper()}, {m['cpus']} cores, {m['devices']} device(s), JAX {m['jax']}; "
+  where = (f"{m.get('device', m['backend'])}" if m["backend"] != "cpu" else
+           f"CPU, {m['cpus']} cores")
+  lines = [f"{where}, {m['devices']} device(s), JAX {m['jax']}; "
            "steady-state seconds per round (median), loop = the same jitted client update "
            "called client by client; round/work = round time / (clients x local steps x one "
            "client step).", "",
@@ -210,6 +262,9 @@ def markdown(res) -> str:
     lines.append(f"| {r['generator']} | {r['weights']:,} | {r['clients']} | {r['local_steps']} | "
                  f"{r['round_s']:.3f} | {loop} | {sp} | {r['compile_plus_first_s']:.1f} | "
                  f"{r['round_over_client_work']:.2f} | {r['client_steps_per_s']:.0f} |")
+  if "devices" not in res:   # the accelerator section
+    return "\n".join(lines + ([f"\nSkipped (time budget): {', '.join(res['skipped'])}."]
+                              if res.get("skipped") else []) + [""])
   lines += ["", "Forced host devices (small generator, 8 clients, 5 local steps; they share the "
             "same cores, so this checks sharding and recompilation, not speed-up): " + ", ".join(
                 f"{r['devices']} -> {r['seconds_per_round']:.3f} s/round, "

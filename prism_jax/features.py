@@ -147,28 +147,48 @@ def client_stats(extractor: Extractor, images: np.ndarray, counts: np.ndarray,
   """Each client's real-feature mean and unbiased variance over all its local data.
 
   ``images`` is the padded uint8 ``[K, N_max, H, W, C]`` array; returns float32
-  ``[K, D]`` arrays. Sums are accumulated in float64 on the host, as in the official code
-  (one pass, global sum and sum of squares). For a ``batch_dependent`` extractor the
-  batches are the client's data in a shuffled order (``seed``), as the official code's
-  shuffling loader feeds them, with the last batch possibly smaller.
+  ``[K, D]`` arrays. Each batch's feature sum and centred sum of squares are taken on the
+  device, and only those two ``[D]`` vectors go to the host, where the batches are combined
+  in float64 (Chan et al.'s pairwise update: no cancellation, unlike the official code's
+  one-pass sum of squares, which it equals up to rounding). For a ``batch_dependent``
+  extractor the batches are the client's data in a shuffled order (``seed``), as the
+  official code's shuffling loader feeds them, with the last batch possibly smaller (one
+  compilation per distinct size; the result is cached by :func:`cached_client_stats`).
+  Other extractors get zero-padded fixed-size batches: one compilation for all clients.
   """
   from prism_jax.client import to_float
-  apply = jax.jit(lambda p, x: extractor.apply(p, to_float(x)))
+
+  @jax.jit
+  def batch_moments(params, x, n_valid):
+    """Sum and centred sum of squares of the first ``n_valid`` rows' features."""
+    f = extractor.apply(params, to_float(x))
+    f = f.reshape(f.shape[0], -1)
+    valid = (jnp.arange(f.shape[0]) < n_valid)[:, None]
+    total = jnp.where(valid, f, 0).sum(0)
+    return total, jnp.where(valid, jnp.square(f - total / n_valid), 0).sum(0)
+
   rng = np.random.default_rng(seed)
   means, variances = [], []
   for k, n in enumerate(np.asarray(counts)):
-    total = total_sq = 0.0
-    order = rng.permutation(int(n)) if extractor.batch_dependent else None
-    for i in range(0, int(n), batch_size):
-      rows = (slice(i, min(i + batch_size, n)) if order is None
-              else np.sort(order[i:i + batch_size]))
-      f = np.asarray(apply(extractor.params, images[k, rows]), np.float64)
-      total = total + f.sum(0)
-      total_sq = total_sq + np.square(f).sum(0)
-    mean = total / n
+    n = int(n)
+    order = rng.permutation(n) if extractor.batch_dependent else None
+    sums, m2s, sizes = [], [], []
+    for i in range(0, n, batch_size):
+      size = min(batch_size, n - i)
+      if order is None:    # padded to one shape (one compilation), padding rows ignored
+        x = images[k, i:i + batch_size]
+        x = np.concatenate([x, np.zeros((batch_size - len(x),) + x.shape[1:], x.dtype)])
+      else:                # batch statistics: the batch must be exactly the real rows
+        x = images[k, np.sort(order[i:i + batch_size])]
+      s_b, m2_b = batch_moments(extractor.params, x, size)
+      sums.append(s_b), m2s.append(m2_b), sizes.append(size)
+    sums, m2s = (np.asarray(jnp.stack(a), np.float64) for a in (sums, m2s))
+    sizes = np.asarray(sizes, np.float64)[:, None]
+    mean = sums.sum(0) / n
+    m2 = m2s.sum(0) + (sizes * np.square(sums / sizes - mean)).sum(0)
     means.append(mean)
-    variances.append((total_sq - n * mean ** 2) / max(n - 1, 1))
-  return np.stack(means).astype(np.float32), np.maximum(np.stack(variances), 0).astype(np.float32)
+    variances.append(m2 / max(n - 1, 1))
+  return np.stack(means).astype(np.float32), np.stack(variances).astype(np.float32)
 
 
 def cached_client_stats(extractor: Extractor, images: np.ndarray, counts: np.ndarray,

@@ -21,6 +21,22 @@ def test_client_stats_use_only_each_clients_rows():
     np.testing.assert_allclose(var[k], x.var(0, ddof=1), atol=1e-5)
 
 
+def test_per_image_extractor_stats_compile_once_for_all_batch_sizes():
+  """Ragged last batches are zero-padded for a per-image extractor: one traced shape, and the
+  padding rows do not enter the statistics (checked against numpy above and here)."""
+  images, counts = _clients()
+  shapes = []
+
+  def square(params, x):
+    shapes.append(x.shape[0])
+    return x.reshape(x.shape[0], -1) ** 2
+  mean, var = features.client_stats(features.Extractor("square", square), images, counts, 8)
+  assert shapes == [8]
+  x = (images[1, :7].reshape(7, -1).astype(np.float64) / 127.5 - 1) ** 2
+  np.testing.assert_allclose(mean[1], x.mean(0), atol=1e-5)
+  np.testing.assert_allclose(var[1], x.var(0, ddof=1), atol=1e-5)
+
+
 def test_batch_dependent_stats_use_local_size_batches():
   """A batch-dependent extractor (official VGG19's batch-statistics BN) is fed shuffled
   batches of the given size; here it centres each batch, so the mean is 0 and the variance
