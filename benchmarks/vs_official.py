@@ -13,6 +13,10 @@ timed; the table gives seconds per local step and the ratio.
   python -m benchmarks.vs_official --official=/tmp/PRISM_ICLR25            # paper size
   python -m benchmarks.vs_official --official=/tmp/PRISM_ICLR25 --size=small --steps=2
 
+It also measures the ceiling: float32 matmul throughput of both frameworks on this machine
+and the step's FLOPs (XLA's cost analysis), so each side's achieved GFLOP/s and the time the
+step would take at the matmul peak can be set beside the 1.5x target.
+
 Rows: "vgg19" (the 16 ReLU maps of VGG19-BN, GFMN moment matching: the paper's step) and
 "pixels" (the generator alone: GFMN on the pixels, features patched to the image itself on
 the official side).
@@ -76,9 +80,8 @@ def official_step_seconds(repo: str, row: str, nz: int, ngf: int, batch: int, st
   return (time.perf_counter() - t0) / steps
 
 
-def ours_step_seconds(row: str, nz: int, ngf: int, batch: int, steps: int,
-                      conv_impl: str | None) -> float:
-  """Seconds per local step of one client in the jitted round (after compilation)."""
+def _ours(row: str, nz: int, ngf: int, batch: int, steps: int, conv_impl: str | None):
+  """One client's jitted round (``make_round_step``) at the given size: (step, state, data)."""
   from prism_jax import client, features, generator, losses
   from prism_jax import round as rnd
   model = generator.ResNetGenerator(32, 1, nz, ngf, conv_impl=conv_impl)
@@ -98,6 +101,13 @@ def ours_step_seconds(row: str, nz: int, ngf: int, batch: int, steps: int,
                          rng.uniform(size=(1, dim)).astype(np.float32)))
   step = rnd.make_round_step(prism, donate=True)
   state = rnd.init_state(model, 0, jax.random.key(0), prism=prism)
+  return step, state, data, objective.features.params
+
+
+def ours_step_seconds(row: str, nz: int, ngf: int, batch: int, steps: int,
+                      conv_impl: str | None) -> float:
+  """Seconds per local step of one client in the jitted round (after compilation)."""
+  step, state, data, _ = _ours(row, nz, ngf, batch, steps, conv_impl)
   times = []
   for r in range(3):   # round 0 compiles
     t0 = time.perf_counter()
@@ -105,6 +115,32 @@ def ours_step_seconds(row: str, nz: int, ngf: int, batch: int, steps: int,
     jax.block_until_ready(m["loss"])
     times.append(time.perf_counter() - t0)
   return statistics.median(times[1:]) / steps
+
+
+def ours_step_gflop(row: str, nz: int, ngf: int, batch: int, conv_impl: str | None) -> float:
+  """GFLOP of one local step (XLA's cost analysis of a 1-step round: a while loop's body
+  would be counted once whatever its trip count)."""
+  step, state, data, params = _ours(row, nz, ngf, batch, 1, conv_impl)
+  cost = step.jitted.lower(state, data, jax.random.key(0), params).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost["flops"]) / 1e9
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict:
+  """float32 matmul throughput of each framework on this machine (the step's ceiling)."""
+  import torch
+  torch.set_num_threads(threads)
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  f = jax.jit(lambda x: x @ x)
+  ta = torch.randn(n, n)
+  out = {}
+  for name, run in (("jax", lambda: f(a).block_until_ready()), ("torch", lambda: ta @ ta)):
+    run()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+      run()
+    out[name] = 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+  return out
 
 
 def main(argv=None):
@@ -119,20 +155,50 @@ def main(argv=None):
   p.add_argument("--out", default=None, help="JSON file for the results")
   a = p.parse_args(argv)
   size = SIZES[a.size]
+  peak = matmul_gflops(a.threads)
+  best = max(peak.values())
+  print(f"float32 matmul, {a.threads} threads: jax {peak['jax']:.0f} GFLOP/s, "
+        f"torch {peak['torch']:.0f} GFLOP/s", flush=True)
+  print("| features | official s | prism-jax s | speed-up | GFLOP / step | official GFLOP/s | "
+        "prism-jax GFLOP/s | s at the matmul peak | 1.5x target s |")
   rows = []
   for row in a.rows.split(","):
     off = official_step_seconds(os.path.abspath(a.official), row, size["nz"], size["ngf"],
                                 a.batch, a.steps, a.threads)
     ours = ours_step_seconds(row, size["nz"], size["ngf"], a.batch, a.steps, a.conv_impl)
-    rows.append({"row": row, "official_s": off, "prism_jax_s": ours, "speedup": off / ours})
-    print(f"| {row} | {off:.3f} | {ours:.3f} | {off / ours:.2f}x |", flush=True)
+    gflop = ours_step_gflop(row, size["nz"], size["ngf"], a.batch, a.conv_impl)
+    rows.append({"row": row, "official_s": off, "prism_jax_s": ours, "speedup": off / ours,
+                 "gflop_per_step": gflop, "official_gflops": gflop / off,
+                 "prism_jax_gflops": gflop / ours, "seconds_at_matmul_peak": gflop / best,
+                 "target_s": off / 1.5})
+    print(f"| {row} | {off:.3f} | {ours:.3f} | {off / ours:.2f}x | {gflop:.0f} | "
+          f"{gflop / off:.0f} | {gflop / ours:.0f} | {gflop / best:.2f} | {off / 1.5:.2f} |",
+          flush=True)
   import torch
   result = {"size": a.size, **size, "batch": a.batch, "steps": a.steps, "threads": a.threads,
-            "torch": torch.__version__, "jax": jax.__version__, "rows": rows}
+            "torch": torch.__version__, "jax": jax.__version__, "matmul_gflops": peak,
+            "rows": rows}
   print(json.dumps(result, indent=1))
+  print(markdown(result))
   if a.out:
     with open(a.out, "w") as f:
       json.dump(result, f, indent=2)
+
+
+def markdown(result: dict) -> str:
+  """The README's table."""
+  peak = result["matmul_gflops"]
+  lines = [f"float32 matmul peak here ({result['threads']} threads, 2048^2): JAX "
+           f"{peak['jax']:.0f}, torch {peak['torch']:.0f} GFLOP/s.", "",
+           "| features | official s | prism-jax s | official / prism-jax | GFLOP per step | "
+           "official GFLOP/s | prism-jax GFLOP/s | s at the matmul peak | 1.5x target s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in result["rows"]:
+    lines.append(f"| {r['row']} | {r['official_s']:.2f} | {r['prism_jax_s']:.2f} | "
+                 f"{r['speedup']:.2f}x | {r['gflop_per_step']:.0f} | {r['official_gflops']:.0f} "
+                 f"| {r['prism_jax_gflops']:.0f} | {r['seconds_at_matmul_peak']:.2f} | "
+                 f"{r['target_s']:.2f} |")
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
