@@ -49,6 +49,16 @@ def test_gaussian_mmd_hand_computed():
                              2 - 2 * np.exp(-0.5), rtol=1e-6)
 
 
+def test_energy_distance_hand_computed_and_zero_gradient_at_equality():
+  real, fake = jnp.array([[0.0, 0.0], [3.0, 4.0]]), jnp.array([[0.0, 0.0], [0.0, 0.0]])
+  # |x - y| over pairs: real-fake 0, 0, 5, 5 -> mean 2.5; real-real 0, 5, 5, 0 -> 2.5;
+  # fake-fake 0. Per-feature units: / sqrt(2). 2 * 2.5 - 2.5 - 0 = 2.5.
+  np.testing.assert_allclose(losses.energy_distance(real, fake), 2.5 / np.sqrt(2), rtol=1e-5)
+  x = jax.random.normal(jax.random.key(0), (8, 3))
+  g = jax.grad(lambda y: losses.energy_distance(x, y))(x)
+  assert float(jnp.abs(g).max()) < 1e-6     # the minimum: no noise from the diagonal
+
+
 def test_unknown_loss():
   with pytest.raises(ValueError, match="unknown loss 'wasserstein'"):
     losses.get_loss("wasserstein")
