@@ -16,3 +16,33 @@ def test_accelerator_benchmark_smoke_writes_json_and_grid(tmp_path, monkeypatch)
   assert result["features"] == "vgg19_bn-official-L16" and result["local_steps"] == 2
   assert 0 < result["seconds_per_round"] <= result["first_round_seconds (compile + run)"]
   assert Image.open(tmp_path / "accelerator_samples.png").size[0] > 16
+
+
+def test_accelerator_rows_stop_when_the_next_would_not_fit(monkeypatch):
+  """Rows run cheapest first; a row whose estimated time (the last row's, scaled by clients)
+  would pass the budget is skipped and listed; ``only`` keeps the named client counts."""
+  from benchmarks import round_throughput as rt
+  clock = {"t": 0.0}
+  monkeypatch.setattr(rt.time, "perf_counter", lambda: clock["t"])
+
+  def fake_row(gen, clients, steps, repeats, chunk=None, loop=True):
+    clock["t"] += clients * 0.1            # a row's cost grows with its clients
+    return {"generator": gen, "clients": clients}
+  monkeypatch.setattr(rt, "clients_row", fake_row)
+  res = rt.accelerator(1, budget_s=25.0)
+  assert [(r["generator"], r["clients"]) for r in res["clients"]] == [
+      ("default", 10), ("paper", 10), ("default", 100), ("paper", 100)]
+  assert res["skipped"] == ["default x 1000", "paper x 1000"]
+  only = rt.accelerator(1, budget_s=1e9, only=[1000])
+  assert {r["clients"] for r in only["clients"]} == {1000} and not only["skipped"]
+
+
+def test_vs_official_table_sets_the_ratios_beside_the_ceiling():
+  from benchmarks import vs_official
+  result = {"threads": 2, "matmul_gflops": {"jax": 160.0, "torch": 150.0}, "rows": [
+      {"row": "pixels", "official_s": 1.0, "prism_jax_s": 2.0, "speedup": 0.5,
+       "gflop_per_step": 120.0, "official_gflops": 120.0, "prism_jax_gflops": 60.0,
+       "seconds_at_matmul_peak": 0.75, "target_s": 1 / 1.5}]}
+  md = vs_official.markdown(result)
+  assert "JAX 160, torch 150 GFLOP/s" in md
+  assert "| pixels | 1.00 | 2.00 | 0.50x | 120 | 120 | 60 | 0.75 | 0.67 |" in md
