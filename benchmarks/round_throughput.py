@@ -171,20 +171,18 @@ def accelerator(repeats: int, budget_s: float, only=None) -> dict:
   """(a) at 10 / 100 / 1,000 clients on an accelerator, rows in order while time is left
   (``only``: these numbers of clients)."""
   t0, rows, skipped = time.perf_counter(), [], []
+  last = None   # (seconds, clients) of the last row run
   for gen, clients, steps, chunk in ACCELERATOR_ROWS:
     if only and clients not in only:
       continue
-    spent = time.perf_counter() - t0
-    # A row costs about its clients' share of the last one's time; stop when it would not fit.
-    guess = (rows[-1]["_seconds"] * clients / rows[-1]["clients"]) if rows else 0.0
-    if spent + guess > budget_s:
+    # A row costs about its clients' share of the last one's time; skip it if that won't fit.
+    guess = last[0] * clients / last[1] if last else 0.0
+    if time.perf_counter() - t0 + guess > budget_s:
       skipped.append(f"{gen} x {clients}")
       continue
     ts = time.perf_counter()
-    rows.append(dict(clients_row(gen, clients, steps, repeats, chunk), _seconds=0.0))
-    rows[-1]["_seconds"] = time.perf_counter() - ts
-  for r in rows:
-    r.pop("_seconds")
+    rows.append(clients_row(gen, clients, steps, repeats, chunk))
+    last = (time.perf_counter() - ts, clients)
   return {"clients": rows, "skipped": skipped}
 
 

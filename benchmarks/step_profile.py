@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.round_throughput import _timed
 from prism_jax import generator, masking
 
 STEPS = 2
-
-
-def _seconds(fn, *args, repeats: int = 2) -> float:
-  jax.block_until_ready(fn(*args))          # compile
-  t0 = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - t0) / repeats
 
 
 def generator_step(impl: str, unroll: bool, batch: int = 64) -> float:
@@ -42,7 +34,7 @@ def generator_step(impl: str, unroll: bool, batch: int = 64) -> float:
     return jax.tree.map(lambda a, g: a - 1e-3 * g, w, grad(w)), None
 
   run = jax.jit(lambda w: jax.lax.scan(body, w, None, length=STEPS, unroll=unroll)[0])
-  return _seconds(run, weights) / STEPS
+  return _timed(lambda: run(weights), repeats=2)[1] / STEPS
 
 
 def mask_draw() -> float:
@@ -50,7 +42,7 @@ def mask_draw() -> float:
   model = generator.ResNetGenerator(32, 1, 128, 64)
   scores = generator.init_scores(jax.random.key(0), generator.init_weights(model, 0))
   draw = jax.jit(lambda k, s: masking.sample_binary(k, masking.keep_prob(s)))
-  return _seconds(draw, jax.random.key(1), scores, repeats=5)
+  return _timed(lambda: draw(jax.random.key(1), scores), repeats=5)[1]
 
 
 def main(argv=None):

@@ -159,8 +159,7 @@ def main(argv=None):
   best = max(peak.values())
   print(f"float32 matmul, {a.threads} threads: jax {peak['jax']:.0f} GFLOP/s, "
         f"torch {peak['torch']:.0f} GFLOP/s", flush=True)
-  print("| features | official s | prism-jax s | speed-up | GFLOP / step | official GFLOP/s | "
-        "prism-jax GFLOP/s | s at the matmul peak | 1.5x target s |")
+  print(TABLE_HEADER, flush=True)
   rows = []
   for row in a.rows.split(","):
     off = official_step_seconds(os.path.abspath(a.official), row, size["nz"], size["ngf"],
@@ -171,9 +170,7 @@ def main(argv=None):
                  "gflop_per_step": gflop, "official_gflops": gflop / off,
                  "prism_jax_gflops": gflop / ours, "seconds_at_matmul_peak": gflop / best,
                  "target_s": off / 1.5})
-    print(f"| {row} | {off:.3f} | {ours:.3f} | {off / ours:.2f}x | {gflop:.0f} | "
-          f"{gflop / off:.0f} | {gflop / ours:.0f} | {gflop / best:.2f} | {off / 1.5:.2f} |",
-          flush=True)
+    print(table_row(rows[-1]), flush=True)
   import torch
   result = {"size": a.size, **size, "batch": a.batch, "steps": a.steps, "threads": a.threads,
             "torch": torch.__version__, "jax": jax.__version__, "matmul_gflops": peak,
@@ -185,20 +182,25 @@ def main(argv=None):
       json.dump(result, f, indent=2)
 
 
+TABLE_HEADER = ("| features | official s | prism-jax s | official / prism-jax | GFLOP per step | "
+                "official GFLOP/s | prism-jax GFLOP/s | s at the matmul peak | 1.5x target s |\n"
+                "|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(r: dict) -> str:
+  """One row of the table (printed as it is measured, and in :func:`markdown`)."""
+  return (f"| {r['row']} | {r['official_s']:.2f} | {r['prism_jax_s']:.2f} | "
+          f"{r['speedup']:.2f}x | {r['gflop_per_step']:.0f} | {r['official_gflops']:.0f} | "
+          f"{r['prism_jax_gflops']:.0f} | {r['seconds_at_matmul_peak']:.2f} | "
+          f"{r['target_s']:.2f} |")
+
+
 def markdown(result: dict) -> str:
   """The README's table."""
   peak = result["matmul_gflops"]
   lines = [f"float32 matmul peak here ({result['threads']} threads, 2048^2): JAX "
-           f"{peak['jax']:.0f}, torch {peak['torch']:.0f} GFLOP/s.", "",
-           "| features | official s | prism-jax s | official / prism-jax | GFLOP per step | "
-           "official GFLOP/s | prism-jax GFLOP/s | s at the matmul peak | 1.5x target s |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for r in result["rows"]:
-    lines.append(f"| {r['row']} | {r['official_s']:.2f} | {r['prism_jax_s']:.2f} | "
-                 f"{r['speedup']:.2f}x | {r['gflop_per_step']:.0f} | {r['official_gflops']:.0f} "
-                 f"| {r['prism_jax_gflops']:.0f} | {r['seconds_at_matmul_peak']:.2f} | "
-                 f"{r['target_s']:.2f} |")
-  return "\n".join(lines) + "\n"
+           f"{peak['jax']:.0f}, torch {peak['torch']:.0f} GFLOP/s.", "", TABLE_HEADER]
+  return "\n".join(lines + [table_row(r) for r in result["rows"]]) + "\n"
 
 
 if __name__ == "__main__":

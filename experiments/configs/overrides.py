@@ -21,7 +21,8 @@ def _candidates():
 
 
 def _lookup(config, path: list[str]):
-  """``(found, level, missing_key)`` for a dotted path in a ConfigDict."""
+  """``(found, node, missing_key, depth)`` for a path in a ConfigDict: the node reached (the
+  field's value, or the level that lacks ``missing_key``) and how many keys matched."""
   node = config
   for i, key in enumerate(path):
     fields = node.keys() if hasattr(node, "keys") else []
@@ -58,10 +59,7 @@ def override(config, dotted: str, value):
   if msg:
     raise ValueError(msg)
   *parents, last = dotted.split(".")
-  node = config
-  for key in parents:
-    node = node[key]
-  node[last] = value
+  _lookup(config, parents)[1][last] = value
   return config
 
 
