@@ -26,6 +26,7 @@ distribution, not the same bits). A node's client id is its ``partition-id`` nod
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -38,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import client, coding, downlink, dp, generator, pbm
+from prism_jax import checkpoint, client, coding, downlink, dp, generator, pbm
 from prism_jax import round as rnd
 
 SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOCAL_STATE, GLOBAL, DOWN = (
@@ -227,7 +228,9 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
                if b]
       payload = coding.encode(masks, theta, dep.coding_floor)
     content = RecordDict({
-        UPLOAD: ConfigRecord({"mask": payload, "client_id": cid, "digest": digest(scores)}),
+        UPLOAD: ConfigRecord({"mask": payload, "client_id": cid, "round": held,
+                              "digest": digest(scores),
+                              "mask_digest": "" if prism.pbm else mask_digest(masks)}),
         PROBS: ArrayRecord([np.asarray(p, np.float32) for p in probs]),
         METRICS: MetricRecord({**{k: float(v) for k, v in metrics.items()},
                                "client_seconds": seconds, "coded_bits": 8 * len(payload)})})
@@ -236,91 +239,220 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
   return app
 
 
-def _decode(dep: Deployment, reply, theta_bits) -> tuple[int, Any, dict, str]:
-  up = reply.content[UPLOAD]
+class UploadError(ValueError):
+  """An upload the server refuses (it is not aggregated; the round goes on without it)."""
+
+
+def mask_digest(leaves) -> str:
+  """A short hash of a client's mask bits: the server checks its decoding against it."""
+  bits = np.concatenate([np.asarray(m, bool).ravel() for m in leaves])
+  return hashlib.sha256(np.packbits(bits).tobytes()).hexdigest()[:16]
+
+
+def _decode(dep: Deployment, reply, theta_bits, version: int) -> tuple[Any, dict, str]:
+  """``(upload, metrics, scores digest)`` of a client's reply; raises :class:`UploadError`
+  naming what is wrong (a payload that does not decode, the wrong length, another round)."""
+  try:
+    up, metrics = reply.content[UPLOAD], dict(reply.content[METRICS])
+    payload, claimed = up["mask"], int(up["round"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise UploadError(f"malformed reply ({type(e).__name__}: {e})") from e
+  if claimed != version:
+    raise UploadError(f"upload claims round {claimed}, this is round {version}")
   if dep.prism.pbm is not None:
     d = pbm.padded_size(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dep.like)))
-    bits = np.unpackbits(np.frombuffer(up["mask"], np.uint8), count=d).astype(bool)
-    return int(up["client_id"]), jnp.asarray(bits), dict(reply.content[METRICS]), up["digest"]
-  masks = coding.decode(up["mask"], theta_bits, dep.coding_floor)
-  probs = iter(reply.content[PROBS].to_numpy_ndarrays())
-  masks = iter(masks)
-  leaves = [next(masks) if b else next(probs) for b in dep.bit_leaves]
-  upload = jax.tree.unflatten(jax.tree.structure(dep.like), leaves)
-  return int(up["client_id"]), upload, dict(reply.content[METRICS]), up["digest"]
+    if len(payload) != -(-d // 8):
+      raise UploadError(f"PBM upload of {len(payload)} bytes, expected {-(-d // 8)}")
+    bits = np.unpackbits(np.frombuffer(payload, np.uint8), count=d).astype(bool)
+    return jnp.asarray(bits), metrics, up["digest"]
+  try:
+    masks = coding.decode(payload, theta_bits, dep.coding_floor)
+  except Exception as e:   # constriction / numpy raise several types on corrupt input
+    raise UploadError(f"mask payload does not decode ({type(e).__name__}: {e})") from e
+  if mask_digest(masks) != up.get("mask_digest"):
+    raise UploadError("decoded mask does not match its digest (corrupt or wrong length)")
+  probs = reply.content[PROBS].to_numpy_ndarrays() if PROBS in reply.content else []
+  like = [x for x, b in zip(jax.tree.leaves(dep.like), dep.bit_leaves) if not b]
+  if [p.shape for p in probs] != [x.shape for x in like]:
+    raise UploadError(f"probability layers of shapes {[p.shape for p in probs]}, expected "
+                      f"{[x.shape for x in like]}")
+  masks, probs = iter(masks), iter(probs)
+  leaves = [next(masks) if b else jnp.asarray(next(probs)) for b in dep.bit_leaves]
+  return jax.tree.unflatten(jax.tree.structure(dep.like), leaves), metrics, up["digest"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+  """How the ServerApp copes with a real network.
+
+  ``round_timeout``: seconds to wait for a round's replies (None: until every node replies
+  or Flower reports it unavailable, about 60 s after its last heartbeat). ``min_uploads``:
+  a round is aggregated only from at least this many valid uploads; below it the missing
+  clients are asked again (``retries`` times), then the round is skipped (the global model
+  stays as it is). ``checkpoint_dir``: the server state is checkpointed there (orbax) after
+  every round and a restarted server continues from the last checkpoint."""
+  round_timeout: float | None = None
+  min_uploads: int = 1
+  retries: int = 1
+  checkpoint_dir: str | None = None
+
+  def __post_init__(self):
+    if self.min_uploads < 1:
+      raise ValueError(f"min_uploads must be >= 1, got {self.min_uploads}")
+    if self.retries < 0:
+      raise ValueError(f"retries must be >= 0, got {self.retries}")
+    if self.round_timeout is not None and not self.round_timeout > 0:
+      raise ValueError(f"round_timeout must be > 0 seconds, got {self.round_timeout}")
 
 
 def server_app(dep: Deployment, out_path: str | None = None,
-               on_round: Callable[[int, dict], None] | None = None):
+               on_round: Callable[[int, dict], None] | None = None,
+               options: ServerOptions = ServerOptions()):
   """The ``ServerApp``: ``dep.rounds`` rounds over the connected nodes; the final global
   scores are written to ``out_path`` (``.npz``, leaves in PyTree order) and each round's
-  metrics passed to ``on_round(round, metrics)`` and written to ``out_path + '.jsonl'``."""
-  from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+  metrics passed to ``on_round(round, metrics)`` and written to ``out_path + '.jsonl'``.
+
+  A round aggregates the valid uploads that arrived (:class:`ServerOptions`): a client that
+  fails, times out or sends an upload that does not decode, has the wrong length or claims
+  another round is left out with its reason logged (``dropped`` / ``rejected``), the mean
+  is over the ``participants`` that remain, and bits and the privacy accountant count only
+  them."""
   from flwr.serverapp import ServerApp
 
-  prism = dep.prism
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dep.like))
+  if dep.prism.per_round < options.min_uploads:
+    raise ValueError(f"min_uploads {options.min_uploads} exceeds the {dep.prism.per_round} "
+                     "clients per round")
   app = ServerApp()
-  step = jax.jit(functools.partial(rnd.server_step, prism))
 
   @app.main()
   def main(grid, context) -> None:
-    nodes = _client_nodes(grid, prism.num_clients)
-    _, k_rounds = dep.keys()
-    state, downlinks = dep.initial, _Downlinks(dep, n)
-    for r in range(dep.rounds):
-      t0 = time.perf_counter()
-      k_round = jax.random.fold_in(k_rounds, r)
-      k_select, k_clients, k_server = jax.random.split(k_round, 3)
-      idx, _ = rnd.select_clients(k_select, prism.num_clients, prism.per_round, prism.per_round)
-      ids = [int(i) for i in np.asarray(idx)]
-      rotation = rnd.round_rotation(prism, k_round)
-      cfg = ConfigRecord({"round": r, "client_key": np.asarray(
-          jax.random.key_data(k_clients)).astype(np.int64).tolist()} | (
-          {} if rotation is None else {"rotation": np.asarray(rotation).astype(np.int64).tolist()}))
-
-      replies, sent = downlinks.exchange(grid, nodes, ids, cfg, state, r)
-      theta_bits = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(state.scores),
-                                                      dep.bit_leaves) if b]
-      decoded = sorted((_decode(dep, rep, theta_bits) for rep in replies),
-                       key=lambda d: ids.index(d[0]))
-      mismatches = downlinks.check({d[0]: d[3] for d in decoded}, state.scores)
-      uploads = jax.tree.map(lambda *xs: jnp.stack(xs), *[d[1] for d in decoded])
-      prev, before = jax.device_get(state.scores), state
-      # With PBM the server only needs the per-coordinate sums (secure aggregation in a
-      # deployment; here the replies are summed in the clear).
-      state, sm, bcast = step(k_server, state, uploads, jnp.ones((len(decoded),)), rotation)
-      if prism.pbm is not None:   # the clients' own rule, so that all copies agree bitwise
-        scores, aux = dep.apply(before.scores, before.aux, bcast, before.round)
-        state = state.replace(scores=scores, aux=aux)
-      broadcast_bits = downlinks.publish(bcast, r + 1, prev)
-      cm = [d[2] for d in decoded]
-      m = {"round": r + 1, "seconds": time.perf_counter() - t0,
-           "loss": float(np.mean([c["loss"] for c in cm])),
-           "client_seconds": float(np.mean([c["client_seconds"] for c in cm])),
-           "coded_bits_per_weight": float(np.mean([c["coded_bits"] for c in cm])) / sum(
-               int(np.prod(t.shape)) for t in theta_bits),
-           "coded_bits_down": sum(bits for bits, _ in sent.values()),
-           "coded_bits_down_per_weight": sum(bits for bits, _ in sent.values()) / len(ids) / n,
-           "broadcast_bits_per_weight": broadcast_bits / n,
-           "downlink_full_fetches": sum(how == "full" for _, how in sent.values()),
-           "downlink_mismatches": len(mismatches),
-           **{k: float(v) for k, v in sm.items()}}
-      if prism.local.dp_noise_std:
-        m["dp_epsilon"] = dp.epsilon(prism.local.dp_noise_std, n, r + 1, dep.dp_delta)
-      if prism.pbm is not None:
-        mech = prism.pbm
-        m["dp_epsilon"] = pbm.epsilon(prism.per_round, mech.b, mech.clip_norm, mech.coord_clip,
-                                      r + 1, dep.dp_delta)
+    server = _Server(dep, options, out_path)
+    nodes = _client_nodes(grid, dep.prism.num_clients)
+    while server.next_round < dep.rounds:
+      m = server.run_round(grid, nodes)
       if on_round is not None:
-        on_round(r + 1, m)
-      if out_path:
-        with open(out_path + ".jsonl", "a") as f:
-          f.write(json.dumps(m) + "\n")
+        on_round(m["round"], m)
     if out_path:
-      np.savez(out_path, *_arrays(state.scores))
+      np.savez(out_path, *_arrays(server.state.scores))
 
   return app
+
+
+class _Server:
+  """The server's state across rounds: the global state, the downlink, the privacy ledger
+  (participants per aggregated round) and the checkpoint they are restored from."""
+
+  def __init__(self, dep: Deployment, options: ServerOptions, out_path: str | None):
+    self.dep, self.options, self.out_path = dep, options, out_path
+    self.n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dep.like))
+    self.step = jax.jit(functools.partial(rnd.server_step, dep.prism),
+                        static_argnames="participants")
+    self.state, self.downlinks = dep.initial, _Downlinks(dep, self.n)
+    self.next_round, self.participants = 0, []
+    self.ckpt = None
+    if options.checkpoint_dir:
+      self.ckpt = checkpoint.manager(options.checkpoint_dir)
+      if self.ckpt.latest_step() is not None:
+        self._restore()
+
+  def _restore(self):
+    self.state, meta = checkpoint.restore_with_meta(self.ckpt, self.state)
+    self.next_round, self.participants = meta["next_round"], meta["participants"]
+    self.downlinks.restore(meta["downlink"])
+    if self.out_path and os.path.exists(self.out_path + ".jsonl"):   # rows after it: redone
+      with open(self.out_path + ".jsonl") as f:
+        rows = [line for line in f if json.loads(line)["round"] <= self.next_round]
+      with open(self.out_path + ".jsonl", "w") as f:
+        f.writelines(rows)
+
+  def _save(self):
+    if self.ckpt is not None:
+      checkpoint.save_with_meta(self.ckpt, self.next_round, self.state, {
+          "next_round": self.next_round, "participants": self.participants,
+          "downlink": self.downlinks.to_dict()})
+
+  def run_round(self, grid, nodes) -> dict:
+    """One round (index ``next_round``, keys as the simulator's): select, exchange, check,
+    aggregate what is valid (or skip), checkpoint, log. Returns the round's metrics."""
+    dep, prism, r, t0 = self.dep, self.dep.prism, self.next_round, time.perf_counter()
+    k_select, k_clients, k_server = jax.random.split(jax.random.fold_in(dep.keys()[1], r), 3)
+    idx, _ = rnd.select_clients(k_select, prism.num_clients, prism.per_round, prism.per_round)
+    ids = [int(i) for i in np.asarray(idx)]
+    rotation = rnd.round_rotation(prism, jax.random.fold_in(dep.keys()[1], r))
+    version = int(self.state.round)   # rounds aggregated so far (skipped rounds excluded)
+    cfg = {"round": version, "client_key": np.asarray(jax.random.key_data(k_clients)).astype(
+        np.int64).tolist()} | ({} if rotation is None else
+                                {"rotation": np.asarray(rotation).astype(np.int64).tolist()})
+    theta_bits = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(self.state.scores),
+                                                    dep.bit_leaves) if b]
+    valid, dropped, rejected, sent = {}, {}, {}, {}
+    for attempt in range(self.options.retries + 1):
+      ask = [c for c in ids if c not in valid]
+      if not ask or (attempt and len(valid) >= self.options.min_uploads):
+        break
+      replies, lost, bits = self.downlinks.exchange(grid, nodes, ask, cfg, self.state,
+                                                    version, self.options.round_timeout)
+      for c, b in bits.items():
+        sent[c] = (sent.get(c, (0, ""))[0] + b[0], b[1])
+      dropped.update(lost)
+      for cid, rep in replies.items():
+        try:
+          valid[cid] = _decode(dep, rep, theta_bits, version)
+          dropped.pop(cid, None)
+          rejected.pop(cid, None)
+        except UploadError as e:
+          rejected[cid] = str(e)
+    m = {"round": r + 1, "selected": ids, "dropped": dropped, "rejected": rejected,
+         "participants": len(valid),
+         "coded_bits_down": sum(bits for bits, _ in sent.values()),
+         "coded_bits_down_per_weight": sum(bits for bits, _ in sent.values()) / len(ids) / self.n,
+         "downlink_full_fetches": sum(how == "full" for _, how in sent.values())}
+    if len(valid) < self.options.min_uploads:
+      m |= {"skipped": f"{len(valid)} valid uploads, fewer than min_uploads "
+                       f"{self.options.min_uploads}"}
+    else:
+      m |= self._aggregate(k_server, [(c, *valid[c]) for c in ids if c in valid], rotation,
+                           theta_bits)
+    self.next_round = r + 1
+    self._save()
+    m["seconds"] = time.perf_counter() - t0
+    if self.out_path:
+      with open(self.out_path + ".jsonl", "a") as f:
+        f.write(json.dumps(m) + "\n")
+    return m
+
+  def _aggregate(self, k_server, decoded, rotation, theta_bits) -> dict:
+    """The server step over the valid uploads (the mean over their number) and the round's
+    broadcast; updates the privacy ledger with the clients that took part."""
+    dep, prism = self.dep, self.dep.prism
+    mismatches = self.downlinks.check({d[0]: d[3] for d in decoded}, self.state.scores)
+    uploads = jax.tree.map(lambda *xs: jnp.stack(xs), *[d[1] for d in decoded])
+    prev, before = jax.device_get(self.state.scores), self.state
+    # With PBM the server only needs the per-coordinate sums (secure aggregation in a
+    # deployment; here the replies are summed in the clear).
+    state, sm, bcast = self.step(k_server, self.state, uploads, jnp.ones((len(decoded),)),
+                                 rotation, participants=len(decoded))
+    if prism.pbm is not None:   # the clients' own rule, so that all copies agree bitwise
+      scores, aux = dep.apply(before.scores, before.aux, bcast, before.round)
+      state = state.replace(scores=scores, aux=aux)
+    self.state = state
+    broadcast_bits = self.downlinks.publish(bcast, int(state.round), prev)
+    self.participants.append(len(decoded))
+    cm = [d[2] for d in decoded]
+    m = {"loss": float(np.mean([c["loss"] for c in cm])),
+         "client_seconds": float(np.mean([c["client_seconds"] for c in cm])),
+         "coded_bits_per_weight": float(np.mean([c["coded_bits"] for c in cm])) / sum(
+             int(np.prod(t.shape)) for t in theta_bits),
+         "broadcast_bits_per_weight": broadcast_bits / self.n,
+         "downlink_mismatches": len(mismatches), **{k: float(v) for k, v in sm.items()}}
+    if prism.local.dp_noise_std:   # local noise: each client's guarantee, worst case all rounds
+      m["dp_epsilon"] = dp.epsilon(prism.local.dp_noise_std, self.n, len(self.participants),
+                                   dep.dp_delta)
+    if prism.pbm is not None:      # summed over the clients that actually took part
+      mech = prism.pbm
+      m["dp_epsilon"] = pbm.epsilon_of_rounds(self.participants, mech.b, mech.clip_norm,
+                                              mech.coord_clip, dep.dp_delta)
+    return m
 
 
 class _Downlinks:
@@ -341,22 +473,30 @@ class _Downlinks:
       content[SCORES] = ArrayRecord(_arrays((state.scores, state.aux)))
     return Message(RecordDict(content), dst_node_id=node, message_type=MessageType.TRAIN)
 
-  def exchange(self, grid, nodes, ids, cfg, state, r: int):
-    """Sends round ``r``'s clients their training messages; a client that cannot apply its
-    broadcasts (it replies ``need_full``) gets the full scores. Returns the replies and,
-    per client, ``(bits sent down, "broadcasts" | "full")``."""
+  def exchange(self, grid, nodes, ids, cfg, state, version: int, timeout=None):
+    """Sends this round's clients their training messages (the global model is at
+    ``version``); a client that cannot apply its broadcasts (it replies ``need_full``) gets
+    the full scores. Returns ``(replies, lost, sent)``: replies and the reasons of clients
+    that failed or did not reply in time, by client id, and per client ``(bits sent down,
+    "broadcasts" | "full")``."""
+    from flwr.app import ConfigRecord
+    cfg = ConfigRecord(cfg)
     held = {cid: self.ledger.holds.get(cid, 0) for cid in ids}
     sent = {cid: self.ledger.catch_up(cid) for cid in ids}
-    replies = _exchange(grid, [self.message(nodes[c], cfg, state, r, held[c], how == "full")
-                               for c, (_, how) in sent.items()], r)
+    replies, lost = _exchange(grid, {c: self.message(nodes[c], cfg, state, version, held[c],
+                                                     how == "full")
+                                     for c, (_, how) in sent.items()}, timeout)
     need_full = lambda rep: CONFIG in rep.content and rep.content[CONFIG].get("need_full")  # noqa: E731
-    retry = [int(rep.content[CONFIG]["client_id"]) for rep in replies if need_full(rep)]
+    retry = [c for c, rep in replies.items() if need_full(rep)]
     if retry:
-      replies = [rep for rep in replies if not need_full(rep)] + _exchange(
-          grid, [self.message(nodes[c], cfg, state, r, r, True) for c in retry], r)
+      more, lost_again = _exchange(grid, {c: self.message(nodes[c], cfg, state, version,
+                                                          version, True) for c in retry},
+                                   timeout)
+      replies = {c: rep for c, rep in replies.items() if c not in retry} | more
+      lost |= lost_again
       for c in retry:
         sent[c] = (sent[c][0] + downlink.full_bits(self.ledger.num_weights), "full")
-    return replies, sent
+    return replies, lost, sent
 
   def check(self, digests: dict, scores) -> list[int]:
     """Clients whose digest differs from the server's scores (should not happen); they get
@@ -367,6 +507,14 @@ class _Downlinks:
       self.ledger.holds[cid] = -1
     return bad
 
+  def to_dict(self) -> dict:
+    return {"ledger": self.ledger.to_dict(),
+            "history": [base64.b64encode(p).decode() for p in self.history]}
+
+  def restore(self, d: dict) -> None:
+    self.ledger = downlink.Ledger.from_dict(d["ledger"])
+    self.history = [base64.b64decode(p) for p in d["history"]]
+
   def publish(self, bcast, r: int, prev_scores) -> int:
     """Codes round ``r``'s broadcast against the scores it started from; returns its bits."""
     self.history.append(downlink.encode(bcast, r, prev_scores, self.dep.bit_leaves,
@@ -375,13 +523,26 @@ class _Downlinks:
     return 8 * len(self.history[-1])
 
 
-def _exchange(grid, msgs, r: int) -> list:
-  replies = list(grid.send_and_receive(msgs))
-  errors = [rep.error for rep in replies if rep.has_error()]
-  if errors or len(replies) != len(msgs):
-    raise RuntimeError(f"round {r + 1}: {len(replies)} of {len(msgs)} clients replied; "
-                       f"errors: {errors}")
-  return replies
+def _exchange(grid, msgs: dict, timeout=None) -> tuple[dict, dict]:
+  """Sends ``{client id: message}`` and waits up to ``timeout`` seconds. Returns the
+  replies and, for the clients without one, why: Flower's error (the ClientApp raised or
+  crashed, the node became unavailable) or no reply in time."""
+  if not msgs:
+    return {}, {}
+  by_node = {m.metadata.dst_node_id: c for c, m in msgs.items()}
+  replies, lost = {}, {}
+  for rep in grid.send_and_receive(list(msgs.values()), timeout=timeout):
+    cid = by_node.get(rep.metadata.src_node_id)
+    if cid is None:
+      continue
+    if rep.has_error():
+      lost[cid] = f"error {rep.error.code}: {rep.error.reason}"
+    else:
+      replies[cid] = rep
+  for cid in msgs:
+    if cid not in replies and cid not in lost:
+      lost[cid] = f"no reply within {timeout} s"
+  return replies, lost
 
 
 def _client_nodes(grid, num_clients: int, timeout: float = 300.0) -> dict[int, int]:

@@ -272,6 +272,18 @@ def epsilon(participants: int, b: float, clip_norm: float, coord_clip: float, ro
   return float(eps)
 
 
+def epsilon_of_rounds(participants: list[int], b: float, clip_norm: float,
+                      coord_clip: float, delta: float, orders: tuple = ORDERS) -> float:
+  """``epsilon`` at ``delta`` after rounds that summed ``participants[i]`` clients each (a
+  deployment where clients drop out: each round's RDP at the number that took part)."""
+  if not participants:
+    return 0.0
+  rdp = sum(rdp_per_round(n, b, clip_norm, coord_clip, orders) for n in participants)
+  eps, _ = dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(list(orders), list(rdp),
+                                                                  delta)
+  return float(eps)
+
+
 def coordinate_clip(clip_norm: float, d: int, spread: float = 3.0) -> float:
   """``c = spread * C / sqrt(d)``: a rotated coordinate of an update of norm ``C`` is about
   ``C / sqrt(d)``; ``spread`` standard deviations keep clipping (bias) rare."""

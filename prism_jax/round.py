@@ -218,20 +218,22 @@ def apply_broadcast(prism: Prism, scores, aux, bcast: server.Broadcast, round_: 
 
 
 def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_weights,
-                rotation=None):
+                rotation=None, participants: int | None = None):
   """The server's half of a round, from the uploads ``[K, ...]`` (slot weight 0: empty):
   tally the masks into the round's broadcast (with MADA's lambda) and apply it
-  (:func:`apply_broadcast`), or average FedAvg's dense weights. Returns the state with new
-  global parameters (and FedPM's posteriors), the round counter advanced, server metrics
-  and the broadcast (None for FedAvg, which broadcasts its float32 weights)."""
+  (:func:`apply_broadcast`), or average FedAvg's dense weights. ``participants`` (static):
+  the number of non-empty slots, ``prism.per_round`` unless clients dropped out (a
+  deployment). Returns the state with new global parameters (and FedPM's posteriors), the
+  round counter advanced, server metrics and the broadcast (None for FedAvg, which
+  broadcasts its float32 weights)."""
   aux, metrics, bcast = state.aux, {}, None
+  participants = prism.per_round if participants is None else participants
   if prism.method == "fedavg":
     scores = baselines.fedavg_update(uploads, slot_weights)
   else:
-    # Every round has exactly per_round participants (the other slots are empty).
     counts, n = server.tally(uploads, slot_weights)
     if prism.pbm is not None:   # the sums of the bits: all the server sees (secure aggregation)
-      new = pbm.new_scores(state.scores, counts, prism.per_round,
+      new = pbm.new_scores(state.scores, counts, participants,
                            pbm_rotation(rotation, state.scores), prism.pbm,
                            prism.server.smoothing)
       theta_hat = masking.keep_prob(new)
@@ -242,9 +244,9 @@ def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_
     if prism.method == "prism" and prism.server.mada:
       lam = server.mada_lambda(key, state.scores, new)
     if prism.pbm is not None:
-      bcast = server.Broadcast(counts, prism.per_round, lam, rotation)
+      bcast = server.Broadcast(counts, participants, lam, rotation)
     else:
-      bcast = server.make_broadcast(counts, prism.per_round, lam, prism.server.smoothing)
+      bcast = server.make_broadcast(counts, participants, lam, prism.server.smoothing)
     scores, aux = apply_broadcast(prism, state.scores, aux, bcast, state.round)
     if prism.method == "fedpm":
       theta_hat = masking.keep_prob(scores)

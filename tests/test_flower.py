@@ -120,7 +120,7 @@ def test_server_sends_missed_broadcasts_and_full_scores_on_request(monkeypatch):
   seen = []
 
   class Grid:   # client 0 lost its state and asks for the full scores; client 1 applies
-    def send_and_receive(self, msgs):
+    def send_and_receive(self, msgs, timeout=None):
       out = []
       for msg in msgs:
         cid, content = msg.metadata.dst_node_id, msg.content
@@ -130,8 +130,8 @@ def test_server_sends_missed_broadcasts_and_full_scores_on_request(monkeypatch):
             {"need_full": need, "client_id": cid})}), reply_to=msg))
       return out
 
-  cfg = ConfigRecord({"round": 2})
-  replies, sent = down.exchange(Grid(), {0: 0, 1: 1}, [0, 1], cfg, state, 2)
+  replies, lost, sent = down.exchange(Grid(), {0: 0, 1: 1}, [0, 1], {"round": 2}, state, 2)
+  assert not lost
   assert len(replies) == 2
   # First both were sent rounds 1 and 2's broadcasts; then client 0 the full scores.
   assert seen[0] == (0, down.history, False) and seen[1] == (1, down.history, False)
