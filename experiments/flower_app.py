@@ -5,13 +5,18 @@ starts ``serverapp`` (see ``deploy/flower/pyproject.toml`` and the README). Both
 the same :class:`prism_jax.flower.Deployment` from the config file named by the environment
 variable ``PRISM_CONFIG`` (``path.py`` or ``path.py:arg``; default: the offline MNIST CPU
 config). A node's ``partition-id`` (``--node-config``) is its client id; here each node
-loads the dataset and keeps its own share of the config's split (a real site would load
-only its own data). The server writes the final scores to ``PRISM_OUT``.
+loads the dataset, keeps its own share of the config's split (a real site would load only
+its own data) and caches that share on its disk, since Flower starts a ClientApp process
+per message. The server writes the final scores to ``PRISM_OUT``, the round metrics to
+``PRISM_OUT.jsonl`` and checkpoints every round (``config.deploy``); ``flwr run ...
+--run-config resume=true`` continues a stopped server from its last checkpoint.
 """
+import hashlib
 import importlib.util
+import json
 import os
 
-from prism_jax import flower, train
+from prism_jax import cache, flower, train
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
 
@@ -32,10 +37,21 @@ DEPLOYMENT = flower.Deployment.from_config(CONFIG)
 
 
 def node_data(client_id: int):
-  _, parts, data = train.load_client_data(CONFIG)
-  data = train.with_real_stats(DEPLOYMENT.prism, CONFIG, data, parts)
-  return flower.split_data(data, client_id)
+  """The node's images and real statistics, loaded once and then kept on its disk (keyed
+  by the whole config)."""
+  def load():
+    _, parts, data = train.load_client_data(CONFIG)
+    images, stats = flower.split_data(
+        train.with_real_stats(DEPLOYMENT.prism, CONFIG, data, parts), client_id)
+    return {"images": images, **({"mean": stats[0], "var": stats[1]} if stats else {})}
+  key = hashlib.sha1(json.dumps(CONFIG.to_dict(), sort_keys=True, default=str).encode())
+  a = cache.arrays(os.path.join(train.cache_dir(CONFIG), "nodes",
+                                f"{key.hexdigest()[:16]}-{client_id}.npz"), load)
+  return a["images"], ((a["mean"], a["var"]) if "mean" in a else ())
 
 
+OUT = os.environ.get("PRISM_OUT", "runs/flower_app/scores.npz")
 clientapp = flower.client_app(DEPLOYMENT, node_data)
-serverapp = flower.server_app(DEPLOYMENT, os.environ.get("PRISM_OUT", "runs/flower_app/scores.npz"))
+serverapp = flower.server_app(DEPLOYMENT, OUT, options=flower.ServerOptions(**{
+    "checkpoint_dir": os.path.join(os.path.dirname(os.path.abspath(OUT)), "checkpoints"),
+    **{k: v for k, v in CONFIG.get("deploy", {}).items() if v is not None}}))

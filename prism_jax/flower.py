@@ -94,6 +94,14 @@ class Deployment:
     k_init, k_rounds, _, _ = train.run_keys(self.train_seed)
     return k_init, k_rounds
 
+  def round_plan(self, r: int):
+    """Round ``r``'s ``(client ids, client key, server key, PBM rotation)``, as the
+    simulator derives them."""
+    p, k_round = self.prism, jax.random.fold_in(self.keys()[1], r)
+    k_select, k_clients, k_server = jax.random.split(k_round, 3)
+    idx, _ = rnd.select_clients(k_select, p.num_clients, p.per_round, p.per_round)
+    return [int(i) for i in np.asarray(idx)], k_clients, k_server, rnd.round_rotation(p, k_round)
+
   @functools.cached_property
   def initial(self) -> rnd.ServerState:
     """Round 0's global state, which every side derives from the shared seeds."""
@@ -290,11 +298,13 @@ class ServerOptions:
   a round is aggregated only from at least this many valid uploads; below it the missing
   clients are asked again (``retries`` times), then the round is skipped (the global model
   stays as it is). ``checkpoint_dir``: the server state is checkpointed there (orbax) after
-  every round and a restarted server continues from the last checkpoint."""
+  every round; with ``resume`` a restarted server continues from the last checkpoint
+  (without it, an existing checkpoint stops the server rather than being overwritten)."""
   round_timeout: float | None = None
   min_uploads: int = 1
   retries: int = 1
   checkpoint_dir: str | None = None
+  resume: bool = False
 
   def __post_init__(self):
     if self.min_uploads < 1:
@@ -326,7 +336,8 @@ def server_app(dep: Deployment, out_path: str | None = None,
 
   @app.main()
   def main(grid, context) -> None:
-    server = _Server(dep, options, out_path)
+    resume = options.resume or str(context.run_config.get("resume", "")).lower() == "true"
+    server = _Server(dep, dataclasses.replace(options, resume=resume), out_path)
     nodes = _client_nodes(grid, dep.prism.num_clients)
     while server.next_round < dep.rounds:
       m = server.run_round(grid, nodes)
@@ -353,6 +364,10 @@ class _Server:
     if options.checkpoint_dir:
       self.ckpt = checkpoint.manager(options.checkpoint_dir)
       if self.ckpt.latest_step() is not None:
+        if not options.resume:
+          raise ValueError(f"{options.checkpoint_dir} holds the checkpoint of round "
+                           f"{self.ckpt.latest_step()}: resume it (resume=True; `flwr run "
+                           "... --run-config resume=true`) or choose another directory")
         self._restore()
 
   def _restore(self):
@@ -374,11 +389,8 @@ class _Server:
   def run_round(self, grid, nodes) -> dict:
     """One round (index ``next_round``, keys as the simulator's): select, exchange, check,
     aggregate what is valid (or skip), checkpoint, log. Returns the round's metrics."""
-    dep, prism, r, t0 = self.dep, self.dep.prism, self.next_round, time.perf_counter()
-    k_select, k_clients, k_server = jax.random.split(jax.random.fold_in(dep.keys()[1], r), 3)
-    idx, _ = rnd.select_clients(k_select, prism.num_clients, prism.per_round, prism.per_round)
-    ids = [int(i) for i in np.asarray(idx)]
-    rotation = rnd.round_rotation(prism, jax.random.fold_in(dep.keys()[1], r))
+    dep, r, t0 = self.dep, self.next_round, time.perf_counter()
+    ids, k_clients, k_server, rotation = dep.round_plan(r)
     version = int(self.state.round)   # rounds aggregated so far (skipped rounds excluded)
     cfg = {"round": version, "client_key": np.asarray(jax.random.key_data(k_clients)).astype(
         np.int64).tolist()} | ({} if rotation is None else
@@ -390,7 +402,10 @@ class _Server:
       ask = [c for c in ids if c not in valid]
       if not ask or (attempt and len(valid) >= self.options.min_uploads):
         break
-      replies, lost, bits = self.downlinks.exchange(grid, nodes, ask, cfg, self.state,
+      live = _online(grid, nodes)
+      dropped |= {c: "node offline" for c in ask if c not in live}
+      ask = [c for c in ask if c in live]
+      replies, lost, bits = self.downlinks.exchange(grid, live, ask, cfg, self.state,
                                                     version, self.options.round_timeout)
       for c, b in bits.items():
         sent[c] = (sent.get(c, (0, ""))[0] + b[0], b[1])
@@ -529,10 +544,13 @@ def _exchange(grid, msgs: dict, timeout=None) -> tuple[dict, dict]:
   crashed, the node became unavailable) or no reply in time."""
   if not msgs:
     return {}, {}
+  # Flower's own error replies (a node that became unavailable) come from the SuperLink:
+  # match replies by the message they answer, then by sender.
+  by_id = {m.object_id: c for c, m in msgs.items()}
   by_node = {m.metadata.dst_node_id: c for c, m in msgs.items()}
   replies, lost = {}, {}
   for rep in grid.send_and_receive(list(msgs.values()), timeout=timeout):
-    cid = by_node.get(rep.metadata.src_node_id)
+    cid = by_id.get(rep.metadata.reply_to_message_id, by_node.get(rep.metadata.src_node_id))
     if cid is None:
       continue
     if rep.has_error():
@@ -548,13 +566,21 @@ def _exchange(grid, msgs: dict, timeout=None) -> tuple[dict, dict]:
 def _client_nodes(grid, num_clients: int, timeout: float = 300.0) -> dict[int, int]:
   """Client id -> node id, once ``num_clients`` nodes are connected (waiting up to
   ``timeout`` seconds), asking every node for its ``partition-id``."""
-  from flwr.app import ConfigRecord, Message, MessageType, RecordDict
   deadline = time.monotonic() + timeout
   while len(node_ids := list(grid.get_node_ids())) < num_clients:
     if time.monotonic() > deadline:
       raise RuntimeError(f"{len(node_ids)} nodes connected after {timeout:.0f}s, the run "
                          f"needs {num_clients}")
     time.sleep(0.2)
+  mapping = _ask_client_ids(grid, node_ids)
+  missing = sorted(set(range(num_clients)) - set(mapping))
+  if missing:
+    raise RuntimeError(f"no node holds client ids {missing} (set partition-id per node)")
+  return mapping
+
+
+def _ask_client_ids(grid, node_ids) -> dict[int, int]:
+  from flwr.app import ConfigRecord, Message, MessageType, RecordDict
   msgs = [Message(RecordDict({CONFIG: ConfigRecord({"ask": "client_id"})}), dst_node_id=nid,
                   message_type=MessageType.QUERY) for nid in node_ids]
   mapping = {}
@@ -562,10 +588,18 @@ def _client_nodes(grid, num_clients: int, timeout: float = 300.0) -> dict[int, i
     if rep.has_error():
       raise RuntimeError(f"node {rep.metadata.src_node_id}: {rep.error}")
     mapping[int(rep.content[CONFIG]["client_id"])] = rep.metadata.src_node_id
-  missing = sorted(set(range(num_clients)) - set(mapping))
-  if missing:
-    raise RuntimeError(f"no node holds client ids {missing} (set partition-id per node)")
   return mapping
+
+
+def _online(grid, nodes: dict[int, int]) -> dict[int, int]:
+  """The clients whose node is online now (Flower cannot deliver to the others). A node not
+  seen before (a restarted SuperNode without a registered key has a new id) is asked for
+  its client id; ``nodes`` is updated in place."""
+  online = set(grid.get_node_ids())
+  new = online - set(nodes.values())
+  if new:
+    nodes.update(_ask_client_ids(grid, sorted(new)))
+  return {c: nid for c, nid in nodes.items() if nid in online}
 
 
 def load_scores(path: str, like):

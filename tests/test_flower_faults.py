@@ -46,6 +46,9 @@ class Grid:
                      for c in range(dep.prism.num_clients)}
     self.faults, self.calls = faults, {}
 
+  def get_node_ids(self):
+    return list(self.contexts)
+
   def send_and_receive(self, msgs, timeout=None):
     from flwr.app import Error, Message
     out = []
@@ -159,7 +162,9 @@ def test_a_restarted_server_continues_from_its_checkpoint(tmp_path):
   dep, data = _setup()
   ckpt = str(tmp_path / "server")
   _run(dataclasses.replace(dep, rounds=2), data, checkpoint_dir=ckpt)
-  srv, rows = _run(dep, data, checkpoint_dir=ckpt)
+  with pytest.raises(ValueError, match="holds the checkpoint of round 2: resume it"):
+    _run(dep, data, checkpoint_dir=ckpt)
+  srv, rows = _run(dep, data, checkpoint_dir=ckpt, resume=True)
   assert [r["round"] for r in rows] == [3, 4]
   # The new nodes held nothing: those the server had brought up to date before asked for
   # and got the full scores.

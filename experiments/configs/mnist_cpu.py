@@ -88,6 +88,13 @@ def get_config():
       modes=("fixed", "resampled", "threshold"),
       domain_train_examples=ml_collections.config_dict.placeholder(int),   # None: all
       inception_weights=ml_collections.config_dict.placeholder(str)))
+  # Flower deployment's server (prism_jax.flower.ServerOptions): seconds to wait for a
+  # round's replies (None: until Flower reports a node unavailable), the fewest valid uploads
+  # a round is aggregated from, how often missing clients are asked again before the round
+  # is skipped, and where the server checkpoints (None: next to PRISM_OUT).
+  c.deploy = ml_collections.ConfigDict(dict(
+      round_timeout=ml_collections.config_dict.placeholder(float), min_uploads=1, retries=1,
+      checkpoint_dir=ml_collections.config_dict.placeholder(str)))
   c.checkpoint_every = 1
   c.keep_checkpoints = 3
   return c

@@ -1,0 +1,111 @@
+"""A deployment across processes, as ``experiments.flower_deploy`` runs it: SuperLink,
+SuperNodes and the apps over TLS with SuperNode authentication. A SuperNode whose key is
+not registered is refused; a SuperNode killed mid-run is dropped and the rounds go on; a
+stopped server resumes from its checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("flwr")
+
+CONFIG = """
+from experiments.configs import mnist_cpu
+
+
+def get_config():
+  c = mnist_cpu.get_config()
+  c.image_size, c.nz, c.ngf, c.num_clients, c.clients_per_round = 8, 4, 2, 3, 2
+  c.rounds, c.local.local_steps, c.local.batch_size = {rounds}, 2, 8
+  c.deploy.round_timeout = 120.0
+  c.cache_dir = {cache!r}
+  return c
+"""
+
+
+def _rows(path):
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def _wait(proc, path, rounds, timeout=900):
+  deadline = time.monotonic() + timeout
+  while len(_rows(path)) < rounds and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(1)
+  return _rows(path)
+
+
+def _log(tmp_path, name):
+  with open(tmp_path / name) as f:
+    return f.read()
+
+
+def test_tls_node_auth_dropout_and_server_restart(tmp_path):
+  from experiments import flower_deploy as fd
+  from prism_jax import flower
+  from experiments.flower_app import load_config
+  secrets = str(tmp_path / "secrets")
+  tls, port = fd.write_tls(secrets), fd.free_port()
+  address, out = f"127.0.0.1:{port}", str(tmp_path / "scores.npz")
+  config = str(tmp_path / "config.py")
+  with open(config, "w") as f:
+    f.write(CONFIG.format(rounds=4, cache=str(tmp_path / "cache")))
+  env = fd.cli_env(str(tmp_path), address, tls["ca"], {"PRISM_CONFIG": config,
+                                                       "PRISM_OUT": out})
+  procs = [fd.start_superlink(str(tmp_path), tls, port, env)]
+  try:
+    nodes = []
+    for cid in range(3):
+      private, public = fd.write_node_key(secrets, f"node{cid}")
+      fd.register(public, env)
+      nodes.append(fd.start_supernode(str(tmp_path), tls, address, cid, 3, private, env))
+    procs += nodes
+    # A SuperNode with a key the SuperLink does not know: refused, it exits at once.
+    rogue_key, _ = fd.write_node_key(secrets, "rogue")
+    rogue = fd.start_supernode(str(tmp_path), tls, address, 3, 4, rogue_key, env)
+    procs.append(rogue)
+    assert rogue.wait(120) != 0
+    assert "Failed to activate SuperNode" in _log(tmp_path, "supernode-3.log")
+    listed = subprocess.run(["flwr", "supernode", "ls", "--format", "json"], env=env,
+                            capture_output=True, text=True)
+    assert len(json.loads(listed.stdout)["nodes"]) == 3
+
+    # The run: round 2's first selected client loses its SuperNode (SIGKILL) after
+    # round 1; its rounds go on with the other client (the victim's node stops answering;
+    # Flower reports it unavailable about a minute after its last heartbeat).
+    dep = flower.Deployment.from_config(load_config(config))
+    victim = next(c for r in range(1, 4) for c in dep.round_plan(r)[0])
+    run = fd.run_app(str(tmp_path), env)
+    procs.append(run)
+    rows = _wait(run, out + ".jsonl", 1)
+    assert rows and rows[0]["participants"] == 2, _log(tmp_path, "run.log")[-3000:]
+    os.killpg(nodes[victim].pid, signal.SIGKILL)
+    assert run.wait(900) == 0, _log(tmp_path, "run.log")[-3000:]
+    rows = _rows(out + ".jsonl")
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    hit = [r for r in rows[1:] if victim in r["selected"]]
+    assert hit and all(str(victim) in r["dropped"] and r["participants"] == 1 and "loss" in r
+                       for r in hit)
+    # No upload came from anyone but the three registered clients.
+    assert all(set(r["selected"]) <= {0, 1, 2} for r in rows)
+
+    # Restart: a new SuperNode for the victim (same key, same node id), the server resumes
+    # its checkpoint of round 4 and runs 2 more rounds.
+    nodes[victim] = fd.start_supernode(str(tmp_path), tls, address, victim, 3,
+                                       os.path.join(secrets, f"node{victim}"), env)
+    procs.append(nodes[victim])
+    with open(config, "w") as f:
+      f.write(CONFIG.format(rounds=6, cache=str(tmp_path / "cache")))
+    run = fd.run_app(str(tmp_path), env, resume=True)
+    procs.append(run)
+    assert run.wait(900) == 0, _log(tmp_path, "run.log")[-3000:]
+    rows = _rows(out + ".jsonl")
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  finally:
+    fd.stop(*reversed(procs))
