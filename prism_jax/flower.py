@@ -39,11 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import checkpoint, client, coding, downlink, dp, generator, pbm
+from prism_jax import checkpoint, client, coding, downlink, dp, flower_node, generator, pbm
 from prism_jax import round as rnd
-
-SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOCAL_STATE, GLOBAL, DOWN = (
-    "scores", "config", "upload", "probs", "metrics", "local_state", "global", "downlink")
+from prism_jax.flower_node import (CONFIG, DOWN, GLOBAL, LOCAL_STATE, METRICS, PROBS, SCORES,
+                                   UPLOAD)
 _NODE_CACHE: dict = {}   # (deployment fingerprint, client id) -> compiled update, data
 
 
@@ -153,67 +152,61 @@ def split_data(data: rnd.ClientData, client_id: int) -> tuple:
   return np.asarray(data.images[client_id, :n]), stats
 
 
-def client_app(dep: Deployment, load_data: Callable[[int], tuple],
+class Node:
+  """A client's side of a deployed round on plain data (dicts, lists, numpy arrays; no
+  Flower types), so that it runs in the ClientApp process or in a long-lived worker that
+  keeps the data and the compiled update between rounds (:mod:`prism_jax.flower_node`).
+  ``load_data(client_id) -> (images [N, H, W, C] uint8, real_stats)`` gives a node its own
+  data (``real_stats`` ``()`` unless the loss uses statistics); the persistent XLA
+  ``compilation_cache`` (a directory; None: off) spares a new process most compilation."""
+
+  def __init__(self, dep: Deployment, load_data: Callable[[int], tuple],
                compilation_cache: str | None = "~/.cache/prism_jax/xla"):
-  """The ``ClientApp``. ``load_data(client_id) -> (images [N, H, W, C] uint8, real_stats)``
-  gives a node its own data (``real_stats`` ``()`` unless the loss uses statistics).
+    self.dep, self.load_data, self.compilation_cache = dep, load_data, compilation_cache
 
-  A deployed SuperNode may start a fresh ClientApp process per message; the persistent XLA
-  ``compilation_cache`` (a directory; None: off) keeps it from recompiling every round."""
-  from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-  from flwr.clientapp import ClientApp
-
-  prism = dep.prism
-  app = ClientApp()
-
-  @app.query()
-  def query(msg: Message, context) -> Message:
-    """Tells the server this node's client id."""
-    cid = int(context.node_config["partition-id"])
-    return Message(RecordDict({CONFIG: ConfigRecord({"client_id": cid})}), reply_to=msg)
-
-  @app.train()
-  def train(msg: Message, context) -> Message:
-    cid = int(context.node_config["partition-id"])
-    # Flower may rebuild the app for every message: the compiled update, the frozen
-    # weights and the node's data are kept per process and deployment.
-    cache = _NODE_CACHE.setdefault((dep.fingerprint, cid), {})
+  def _cached(self, cid: int) -> dict:
+    # Kept per process and deployment: Flower may rebuild the app for every message.
+    cache = _NODE_CACHE.setdefault((self.dep.fingerprint, cid), {})
     if not cache:
-      if compilation_cache and not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache))
-      images, real_stats = load_data(cid)
+      if self.compilation_cache and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(self.compilation_cache))
+      images, real_stats = self.load_data(cid)
       cache.update(data=(jnp.asarray(images), real_stats),
-                   weights=generator.init_weights(prism.model, dep.seed),
-                   update=jax.jit(rnd.client_update_fn(prism)))
+                   weights=generator.init_weights(self.dep.prism.model, self.dep.seed),
+                   update=jax.jit(rnd.client_update_fn(self.dep.prism)))
+    return cache
+
+  def train(self, cid: int, content: dict, state: dict) -> tuple[dict, dict]:
+    """One round of client ``cid``: ``content`` is the server's message (``config``;
+    ``downlink``: the broadcasts it missed; or ``scores``: the full float32 scores),
+    ``state`` what the node kept from its last round (``global``, ``round``,
+    ``local_state``). Returns ``(reply, new state)``; the reply is the coded upload, its
+    digests and metrics, or ``need_full`` when the broadcasts cannot be applied."""
+    dep, prism, cache = self.dep, self.dep.prism, self._cached(cid)
     images, real_stats = cache["data"]
-    cfg = msg.content[CONFIG]
-    init = dep.initial
-    if SCORES in msg.content:      # the full float32 scores (and FedPM's posteriors)
-      scores, aux = _tree(msg.content[SCORES].to_numpy_ndarrays(), (init.scores, init.aux))
+    cfg, init, state = content[CONFIG], dep.initial, dict(state)
+    if content.get(SCORES) is not None:   # the full float32 scores (and FedPM's posteriors)
+      scores, aux = _tree(content[SCORES], (init.scores, init.aux))
       held = int(cfg["round"])
-    elif GLOBAL in context.state:  # this node's copy from its last round
-      arrays = context.state[GLOBAL].to_numpy_ndarrays()
-      scores, aux = _tree(arrays, (init.scores, init.aux))
-      held = int(context.state[DOWN]["round"])
-    else:                          # a new node: round 0 from the seeds
+    elif state.get(GLOBAL) is not None:   # this node's copy from its last round
+      scores, aux = _tree(state[GLOBAL], (init.scores, init.aux))
+      held = int(state["round"])
+    else:                                 # a new node: round 0 from the seeds
       scores, aux, held = init.scores, init.aux, 0
-    down = msg.content[DOWN]
+    down = content[DOWN]
     try:
       scores, aux, held = sync(dep, scores, aux, held, list(down["payloads"]),
                                int(down["first"]))
     except downlink.DownlinkError as e:
-      return Message(RecordDict({CONFIG: ConfigRecord({"need_full": True, "error": str(e),
-                                                       "client_id": cid})}), reply_to=msg)
+      return {CONFIG: {"need_full": True, "error": str(e), "client_id": cid}}, state
     if held != int(cfg["round"]):
-      return Message(RecordDict({CONFIG: ConfigRecord({
-          "need_full": True, "client_id": cid,
-          "error": f"holds round {held}, round {cfg['round']} starts"})}), reply_to=msg)
-    context.state[GLOBAL] = ArrayRecord(_arrays((scores, aux)))
-    context.state[DOWN] = ConfigRecord({"round": held})
+      return {CONFIG: {"need_full": True, "client_id": cid,
+                       "error": f"holds round {held}, round {cfg['round']} starts"}}, state
+    state.update({GLOBAL: _arrays((scores, aux)), "round": held})
     k_clients = jax.random.wrap_key_data(np.asarray(cfg["client_key"], np.uint32))
     local = client.init_local_state(prism.objective, prism.local, dep.like)
-    if LOCAL_STATE in context.state:
-      local = _tree(context.state[LOCAL_STATE].to_numpy_ndarrays(), local)
+    if state.get(LOCAL_STATE) is not None:
+      local = _tree(state[LOCAL_STATE], local)
     rot = ()
     if prism.pbm is not None:   # the round's shared rotation
       rot = rnd.pbm_rotation(jnp.asarray(np.asarray(cfg["rotation"], np.uint32)), scores)
@@ -225,26 +218,28 @@ def client_app(dep: Deployment, load_data: Callable[[int], tuple],
     jax.block_until_ready(upload)
     seconds = time.perf_counter() - t0
     if jax.tree.leaves(local):
-      context.state[LOCAL_STATE] = ArrayRecord(_arrays(local))
+      state[LOCAL_STATE] = _arrays(local)
     if prism.pbm is not None:   # one bit per rotated coordinate, incompressible: packed
-      payload, probs = np.packbits(np.asarray(upload)).tobytes(), []
+      payload, probs, digest_ = np.packbits(np.asarray(upload)).tobytes(), [], ""
     else:
       leaves = jax.tree.leaves(upload)
       masks = [m for m, b in zip(leaves, dep.bit_leaves) if b]
-      probs = [p for p, b in zip(leaves, dep.bit_leaves) if not b]
+      probs = [np.asarray(p, np.float32) for p, b in zip(leaves, dep.bit_leaves) if not b]
       theta = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(scores), dep.bit_leaves)
                if b]
-      payload = coding.encode(masks, theta, dep.coding_floor)
-    content = RecordDict({
-        UPLOAD: ConfigRecord({"mask": payload, "client_id": cid, "round": held,
-                              "digest": digest(scores),
-                              "mask_digest": "" if prism.pbm else mask_digest(masks)}),
-        PROBS: ArrayRecord([np.asarray(p, np.float32) for p in probs]),
-        METRICS: MetricRecord({**{k: float(v) for k, v in metrics.items()},
-                               "client_seconds": seconds, "coded_bits": 8 * len(payload)})})
-    return Message(content, reply_to=msg)
+      payload, digest_ = coding.encode(masks, theta, dep.coding_floor), mask_digest(masks)
+    return {UPLOAD: {"mask": payload, "client_id": cid, "round": held,
+                     "digest": digest(scores), "mask_digest": digest_},
+            PROBS: probs,
+            METRICS: {**{k: float(v) for k, v in metrics.items()}, "client_seconds": seconds,
+                      "coded_bits": 8 * len(payload)}}, state
 
-  return app
+
+def client_app(dep: Deployment, load_data: Callable[[int], tuple],
+               compilation_cache: str | None = "~/.cache/prism_jax/xla"):
+  """The ``ClientApp`` running :class:`Node` in its own process (see
+  :func:`prism_jax.flower_node.worker_client_app` for a node that stays warm)."""
+  return flower_node.client_app(Node(dep, load_data, compilation_cache).train)
 
 
 class UploadError(ValueError):

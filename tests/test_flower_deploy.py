@@ -56,8 +56,8 @@ def test_tls_node_auth_dropout_and_server_restart(tmp_path):
   config = str(tmp_path / "config.py")
   with open(config, "w") as f:
     f.write(CONFIG.format(rounds=4, cache=str(tmp_path / "cache")))
-  env = fd.cli_env(str(tmp_path), address, tls["ca"], {"PRISM_CONFIG": config,
-                                                       "PRISM_OUT": out})
+  env = fd.cli_env(str(tmp_path), address, tls["ca"], {
+      "PRISM_CONFIG": config, "PRISM_OUT": out, "PRISM_WORKER_IDLE_S": "60"})
   procs = [fd.start_superlink(str(tmp_path), tls, port, env)]
   try:
     nodes = []

@@ -91,10 +91,14 @@ def get_config():
   # Flower deployment's server (prism_jax.flower.ServerOptions): seconds to wait for a
   # round's replies (None: until Flower reports a node unavailable), the fewest valid uploads
   # a round is aggregated from, how often missing clients are asked again before the round
-  # is skipped, and where the server checkpoints (None: next to PRISM_OUT).
+  # is skipped, and where the server checkpoints (None: next to PRISM_OUT); whether a node
+  # keeps its share of the data on its disk, and whether it runs its rounds in a long-lived
+  # worker that keeps data and compiled update warm (Flower starts a ClientApp process per
+  # message).
   c.deploy = ml_collections.ConfigDict(dict(
       round_timeout=ml_collections.config_dict.placeholder(float), min_uploads=1, retries=1,
-      checkpoint_dir=ml_collections.config_dict.placeholder(str)))
+      checkpoint_dir=ml_collections.config_dict.placeholder(str), node_cache=True,
+      worker=True))
   c.checkpoint_every = 1
   c.keep_checkpoints = 3
   return c

@@ -1,0 +1,49 @@
+"""The deployment's ``ClientApp``, kept light: Flower starts a process for every message, and
+this module imports neither JAX nor the library's training code. Each round goes to the
+node's long-lived worker (``experiments.flower_worker``, started by the first message), which
+keeps the node's data and compiled update between rounds; with ``config.deploy.worker=False``
+the round runs in the ClientApp process itself. Config: ``PRISM_CONFIG`` (``path.py`` or
+``path.py:arg``; default: the offline MNIST CPU config), as for the server.
+"""
+import hashlib
+import importlib.util
+import os
+import sys
+
+from prism_jax import flower_node
+
+DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
+SPEC = os.environ.get("PRISM_CONFIG", DEFAULT)
+
+
+def load_config(spec: str):
+  """A config from ``path.py`` or ``path.py:arg`` (as ``--config=`` takes it)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("prism_flower_config", path)
+  if module_spec is None:
+    raise FileNotFoundError(f"PRISM_CONFIG: no config file {path!r}")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _key() -> str:
+  """Names the deployment's workers: the config spec and the config file's bytes."""
+  with open(SPEC.partition(":")[0], "rb") as f:
+    return hashlib.sha1(SPEC.encode() + f.read()).hexdigest()[:16]
+
+
+def _in_process(cid, content, state):
+  from experiments import flower_app   # JAX and the data, in this process, every message
+  return flower_app.NODE.train(cid, content, state)
+
+
+def _start(cid: int, socket: str) -> list[str]:
+  return [sys.executable, "-m", "experiments.flower_worker", f"--client_id={cid}",
+          f"--socket={socket}"]
+
+
+if load_config(SPEC).deploy.get("worker", True):
+  clientapp = flower_node.worker_client_app(_key(), _start)
+else:
+  clientapp = flower_node.client_app(_in_process)

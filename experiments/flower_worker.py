@@ -1,0 +1,23 @@
+"""A node's long-lived worker (started by ``experiments.flower_client``'s first message):
+loads the node's data and compiles its update once, then answers a round per request until
+``PRISM_WORKER_IDLE_S`` seconds (default 600) pass without one."""
+import os
+
+from absl import app, flags
+
+flags.DEFINE_integer("client_id", None, "this node's client id (partition-id)", required=True)
+flags.DEFINE_string("socket", None, "Unix socket to listen on", required=True)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from experiments import flower_app
+  from prism_jax import flower_node
+  flower_app.NODE._cached(FLAGS.client_id)   # data and compiled update before the first round
+  flower_node.serve(FLAGS.socket, flower_app.NODE.train,
+                    float(os.environ.get("PRISM_WORKER_IDLE_S", 600)))
+
+
+if __name__ == "__main__":
+  app.run(main)
