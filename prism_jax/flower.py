@@ -392,11 +392,12 @@ class _Server:
                                 {"rotation": np.asarray(rotation).astype(np.int64).tolist()})
     theta_bits = [jax.nn.sigmoid(s) for s, b in zip(jax.tree.leaves(self.state.scores),
                                                     dep.bit_leaves) if b]
-    valid, dropped, rejected, sent = {}, {}, {}, {}
+    valid, dropped, rejected, sent, attempts = {}, {}, {}, {}, 0
     for attempt in range(self.options.retries + 1):
       ask = [c for c in ids if c not in valid]
       if not ask or (attempt and len(valid) >= self.options.min_uploads):
         break
+      attempts += 1
       live = _online(grid, nodes)
       dropped |= {c: "node offline" for c in ask if c not in live}
       ask = [c for c in ask if c in live]
@@ -413,7 +414,7 @@ class _Server:
         except UploadError as e:
           rejected[cid] = str(e)
     m = {"round": r + 1, "selected": ids, "dropped": dropped, "rejected": rejected,
-         "participants": len(valid),
+         "participants": len(valid), "attempts": attempts,
          "coded_bits_down": sum(bits for bits, _ in sent.values()),
          "coded_bits_down_per_weight": sum(bits for bits, _ in sent.values()) / len(ids) / self.n,
          "downlink_full_fetches": sum(how == "full" for _, how in sent.values())}

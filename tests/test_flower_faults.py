@@ -150,6 +150,7 @@ def test_too_few_uploads_retry_the_missing_client_then_skip_the_round():
   srv, rows = _run(dep, data, faults, min_uploads=2, retries=1)
   clean, clean_rows = _run(dep, data)
   assert rows[0]["participants"] == 2 and rows[0]["loss"] == clean_rows[0]["loss"]
+  assert rows[0]["attempts"] == 2 and rows[1]["attempts"] == 1 and rows[2]["attempts"] == 2
   assert "skipped" in rows[2] and "fewer than min_uploads 2" in rows[2]["skipped"]
   assert "loss" not in rows[2] and len(rows[2]["dropped"]) == 2
   # The skipped round did not move the model: 3 aggregated rounds, 3 broadcasts.
