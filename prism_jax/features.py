@@ -132,25 +132,7 @@ def cnn(dataset: str = "mnist_offline", image_size: int = 32, cache_dir: str | N
   return Extractor(f"cnn-{dataset}", apply, params)
 
 
-def pyramid(levels: int = 3) -> Extractor:
-  """Pixels at full, 1/2, 1/4, ... resolution (average pooling), each level scaled so that
-  it adds as much to a squared distance as the full-resolution one: a kernel on these
-  features sees an image's coarse shape as strongly as its strokes. Overall scale: the
-  mean squared difference per feature stays that of pixels (same kernel bandwidths)."""
-  def apply(params, images):
-    del params
-    out, x = [], images
-    for level in range(levels):
-      if level:
-        b, h, w, c = x.shape
-        x = x.reshape(b, h // 2, 2, w // 2, 2, c).mean((2, 4))
-      out.append(x.reshape(x.shape[0], -1) * 2.0 ** level)
-    feats = jnp.concatenate(out, axis=1)
-    return feats * jnp.sqrt(feats.shape[1] / (levels * out[0].shape[1]))
-  return Extractor(f"pyramid{levels}", apply)
-
-
-EXTRACTORS = {"pixels": lambda: Extractor("pixels", _pixels_apply), "pyramid": pyramid,
+EXTRACTORS = {"pixels": lambda: Extractor("pixels", _pixels_apply),
               "vgg19": vgg19, "cnn": cnn}
 
 
