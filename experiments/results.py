@@ -67,6 +67,14 @@ def _mnist_long() -> list[Run]:
                    seed)]
     runs += [Run(f"{split}-fedpm", "mnist", s + ",fedpm", masks, "FedPM (Beta posterior)"),
              Run(f"{split}-fedavg", "mnist", s + ",fedavg", LONG_OVERRIDES, "dense FedAvg")]
+  # The same client steps in 5x fewer, 5x longer rounds: with 5 local steps MADA's damping
+  # outweighs the little each client moves; does it help when clients move further?
+  longer = masks + (("rounds", LONG_ROUNDS // 5), ("local.local_steps", 25), ("eval.every", 2),
+                    ("checkpoint_every", 2))
+  runs += [Run(f"dirichlet-{tag}-l25", "mnist", "dirichlet,offline,cpu" + extra, longer,
+               f"{label}, 25 local steps")
+           for tag, extra, label in (("prism", "", "PRISM"),
+                                     ("nomada", ",nomada", "PRISM w/o MADA"))]
   return runs
 
 
@@ -345,15 +353,21 @@ def _by_label(results, split, label) -> list[dict]:
           and metric(r["summary"], "fid") is not None]
 
 
+MADA_PAIRS = (("PRISM", "PRISM w/o MADA", ""),
+              ("PRISM, 25 local steps", "PRISM w/o MADA, 25 local steps", ", 25 local steps"))
+
+
 def mada_verdict(results: list[dict]) -> list[str]:
-  """PRISM with vs without MADA per split, over every seed that has both: mean (± std over
-  seeds) of the final domain-FID, fixed and resampled masks, and on how many seeds MADA won
-  (the verdict, on the fixed mask: held on every seed, did not hold on any, else mixed)."""
+  """PRISM with vs without MADA per split (and per local-step count), over every seed that
+  has both: mean (± std over seeds) of the final domain-FID, fixed and resampled masks, and
+  on how many seeds MADA won (the verdict, on the fixed mask: held on every seed, did not
+  hold on any, else mixed)."""
   out = []
-  for split in ("iid", "shards", "dirichlet"):
+  for (with_, without, what), split in ((p, s) for p in MADA_PAIRS
+                                        for s in ("iid", "shards", "dirichlet")):
     runs = {lab: {r["run"].seed: r["summary"] for r in _by_label(results, split, lab)}
-            for lab in ("PRISM", "PRISM w/o MADA")}
-    seeds = sorted(set(runs["PRISM"]) & set(runs["PRISM w/o MADA"]))
+            for lab in (with_, without)}
+    seeds = sorted(set(runs[with_]) & set(runs[without]))
     if not seeds:
       continue
 
@@ -362,7 +376,7 @@ def mada_verdict(results: list[dict]) -> list[str]:
     parts, wins = [], {}
     for mode in ("fixed", "resampled"):
       a, b = ([metric(runs[lab][sd], "fid", mode) for sd in seeds]
-              for lab in ("PRISM", "PRISM w/o MADA"))
+              for lab in (with_, without))
       if None in a or None in b:
         continue
       wins[mode] = sum(x < y for x, y in zip(a, b))
@@ -372,7 +386,7 @@ def mada_verdict(results: list[dict]) -> list[str]:
     verdict = "held" if n == len(seeds) else "did not hold" if n == 0 else "mixed"
     cfg = next(r for r in results if r["run"].split == split)["config"]
     name = f"Dirichlet({cfg['alpha']})" if split == "dirichlet" else split
-    out.append(f"- **MADA under {name}, {len(seeds)} seed(s)**, final domain-FID: "
+    out.append(f"- **MADA under {name}{what}, {len(seeds)} seed(s)**, final domain-FID: "
                + "; ".join(parts) + f". MADA helps: {verdict} at this scale.")
   return out
 

@@ -69,7 +69,11 @@ def test_mada_verdict_over_seeds_reports_mean_spread_and_wins():
               domain_fid_resampled=fid - 5)
     r["run"] = results.Run(f"{label}{seed}", "mnist", "dirichlet", label=label, seed=seed)
     rs.append(r)
-  [line] = results.mada_verdict(rs)
+  rs += [_fake(f"l25-{label}", "dirichlet", f"{label}, 25 local steps", domain_fid_fixed=fid)
+         for label, fid in (("PRISM", 20.0), ("PRISM w/o MADA", 25.0))]
+  line, longer = results.mada_verdict(rs)
+  assert "Dirichlet(0.005), 25 local steps, 1 seed(s)**" in longer
+  assert longer.endswith("(MADA better on 1 of 1). MADA helps: held at this scale.")
   # mean and sample std (sqrt(112) = 10.6) over the 3 seeds; MADA is better on seeds 0 and 1 only.
   assert "fixed mask 38 ± 11 with MADA vs 42 ± 2 without (MADA better on 2 of 3)" in line
   assert "resampled mask 33 ± 11 with MADA vs 37 ± 2 without" in line
