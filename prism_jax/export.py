@@ -47,7 +47,7 @@ def unpack(bits: np.ndarray, like):
 
 def _write(path: str, model: generator.ResNetGenerator, seed: int, kind: str, **arrays) -> int:
   hparams = {f: getattr(model, f) for f in ("image_size", "channels", "nz", "ngf",
-                                            "input_fan", "output_gain")}
+                                            "input_fan")}
   header = {"format": FORMAT_VERSION, "seed": int(seed), "model": hparams, "kind": kind}
   with open(path, "wb") as f:
     np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)

@@ -71,17 +71,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.Array:
 
 
 class Conv(nn.Module):
-  """Bias-free stride-1 'SAME' conv with a signed-constant kernel ``(k, k, in, out)``
-  (times ``gain``)."""
+  """Bias-free stride-1 'SAME' conv with a signed-constant kernel ``(k, k, in, out)``."""
   features: int
   kernel_size: int
   impl: str = "xla"
-  gain: float = 1.0
 
   @nn.compact
   def __call__(self, x):
-    init = lambda *a: self.gain * signed_constant(*a)  # noqa: E731
-    kernel = self.param("kernel", init,
+    kernel = self.param("kernel", signed_constant,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
     return conv2d(x, kernel, self.impl)
 
@@ -142,7 +139,6 @@ class ResNetGenerator(nn.Module):
   ngf: int = 64
   conv_impl: str | None = None   # "xla" | "matmul"; None: conv_auto_impl() (compute only)
   input_fan: str = "torch"       # first layer's init fan-in (Project): "torch" | "nz"
-  output_gain: float = 1.0       # the output conv's signed constant x this (1: official)
 
   @property
   def num_blocks(self) -> int:
@@ -163,8 +159,7 @@ class ResNetGenerator(nn.Module):
     x = Project(2 * widths[0], 4, self.input_fan, name="input")(z)
     for i, w in enumerate(widths):
       x = UpBlock(w, impl, name=f"block{i}")(x)
-    x = Conv(self.channels, 3, impl, self.output_gain, name="output")(
-        jax.nn.relu(batch_norm(x)))
+    x = Conv(self.channels, 3, impl, name="output")(jax.nn.relu(batch_norm(x)))
     return jnp.tanh(x)
 
 

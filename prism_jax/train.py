@@ -87,8 +87,7 @@ def pbm_mechanism(config, num_weights: int):
 def build(config):
   """The algorithm a config describes, validated before any data is loaded or written."""
   model = generator.ResNetGenerator(config.image_size, image_channels(config), config.nz,
-                                    config.ngf, input_fan=config.get("input_fan", "torch"),
-                                    output_gain=config.get("output_gain", 1.0))
+                                    config.ngf, input_fan=config.get("input_fan", "torch"))
   fkw = dict(config.get("features_kwargs") or {})
   if config.features in ("vgg19", "cnn"):
     fkw.setdefault("image_size", config.image_size)

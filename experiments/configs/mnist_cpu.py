@@ -39,7 +39,6 @@ def get_config():
   c.score_std = 1.0
   c.input_fan = "torch"                      # first layer's init fan-in: "torch" (official,
                                              # out*k*k) or "nz" (true fan-in, 2x the scale)
-  c.output_gain = 1.0                        # output conv's signed constant x this
   # Local objective.
   c.features = "pixels"                      # or "vgg19" (weights file in features_kwargs)
   c.features_kwargs = ml_collections.ConfigDict()
