@@ -1,7 +1,8 @@
 """Deployment with Flower (``flwr``): the library's client update and server step on separate
 processes or machines, exchanging entropy-coded masks.
 
-* :func:`client_app`: a ``ClientApp`` whose train handler brings the node's copy of the
+* :class:`Node` (run by :func:`client_app` in the ClientApp process, or by a node's
+  long-lived worker, :mod:`prism_jax.flower_node`) brings the node's copy of the
   global scores up to date (the coded broadcasts it missed, applied in order with
   :func:`prism_jax.round.apply_broadcast`, or the full float32 scores), runs the jitted
   :func:`prism_jax.client.client_update` on the node's own data (``load_data(client_id)``)
@@ -15,7 +16,9 @@ processes or machines, exchanging entropy-coded masks.
   :func:`prism_jax.round.server_step` (aggregation + MADA, or FedPM) and codes the round's
   broadcast (:mod:`prism_jax.downlink`), with the privacy accountant's epsilon logged per
   round. A client that cannot apply a broadcast (it does not decode, or is not the round it
-  needs) asks for the full scores, which the server then sends.
+  needs) asks for the full scores, which the server then sends. Clients that fail, time
+  out or send invalid uploads are left out of their round with the reason logged
+  (:class:`ServerOptions`); the server checkpoints every round and resumes.
 
 Keys are derived as in :func:`prism_jax.train.train` (``train_seed`` -> round key -> client
 key by client id), so for the same config, seeds and data a Flower run reproduces the
