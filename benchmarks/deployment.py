@@ -85,6 +85,12 @@ def simulator_rounds(config_path: str) -> list[float]:
   return [r["seconds"] for r in rows]
 
 
+def table(rows: list[dict]) -> list[str]:
+  lines = ["| | first round (s) | steady round (s) | client compute (s) |", "|---|---|---|---|"]
+  return lines + [f"| {r['what']} | {r['first_s']:.1f} | {r['steady_s']:.1f} | " + (
+      f"{r['client_compute_s']:.2f} |" if "client_compute_s" in r else "- |") for r in rows]
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rounds", type=int, default=4)
@@ -114,9 +120,7 @@ def main():
                    "client_compute_s": statistics.median(r["client_seconds"] for r in got[1:]),
                    "total_s": time.perf_counter() - t0})
   result["rows"] = rows
-  lines = ["| | first round (s) | steady round (s) | client compute (s) |", "|---|---|---|---|"]
-  lines += [f"| {r['what']} | {r['first_s']:.1f} | {r['steady_s']:.1f} | "
-            f"{r.get('client_compute_s', float('nan')):.2f} |" for r in rows]
+  lines = table(rows)
   print("\n".join(lines))
   if not args.quick:
     with open(args.out + ".json", "w") as f:
