@@ -8,7 +8,8 @@ every round. :func:`worker_client_app` instead forwards each message over a loca
 the node's worker (started by the first message, detached, ended after ``idle_s`` without
 a request); the ClientApp process then only imports Flower and NumPy. The worker answers
 one request at a time (a SuperNode handles one message at a time); its socket is
-authenticated with a random key readable only by the node's user.
+authenticated with a random key readable only by the node's user. A worker keeps the code
+it started with: after upgrading a node, stop its worker (or wait ``idle_s``).
 """
 from __future__ import annotations
 
@@ -96,9 +97,9 @@ def call(path: str, start_cmd: list[str], request, start_timeout: float = 900.0)
     for stale in (path, path + ".key"):
       if os.path.exists(stale):
         os.remove(stale)
-    log = open(path + ".log", "ab")
-    proc = subprocess.Popen(start_cmd, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)   # outlives this ClientApp process
+    with open(path + ".log", "ab") as log:
+      proc = subprocess.Popen(start_cmd, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)   # outlives this ClientApp process
     deadline = time.monotonic() + start_timeout
     while (conn := _connect(path)) is None:
       if proc.poll() is not None or time.monotonic() > deadline:
