@@ -27,10 +27,10 @@ def load_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _key() -> str:
+def worker_key(spec: str = SPEC) -> str:
   """Names the deployment's workers: the config spec and the config file's bytes."""
-  with open(SPEC.partition(":")[0], "rb") as f:
-    return hashlib.sha1(SPEC.encode() + f.read()).hexdigest()[:16]
+  with open(spec.partition(":")[0], "rb") as f:
+    return hashlib.sha1(spec.encode() + f.read()).hexdigest()[:16]
 
 
 def _in_process(cid, content, state):
@@ -44,6 +44,6 @@ def _start(cid: int, socket: str) -> list[str]:
 
 
 if load_config(SPEC).deploy.get("worker", True):
-  clientapp = flower_node.worker_client_app(_key(), _start)
+  clientapp = flower_node.worker_client_app(worker_key(), _start)
 else:
   clientapp = flower_node.client_app(_in_process)

@@ -24,6 +24,9 @@ import time
 
 from absl import app, flags
 
+from experiments import flower_client
+from prism_jax import flower_node
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP_DIR = os.path.join(ROOT, "deploy", "flower")
 
@@ -211,6 +214,7 @@ def main(argv):
     sys.exit(run.wait())
   finally:
     stop(*reversed(procs))
+    flower_node.stop_workers(flower_client.worker_key(FLAGS.config))   # the nodes' workers
 
 
 if __name__ == "__main__":

@@ -94,9 +94,7 @@ def call(path: str, start_cmd: list[str], request, start_timeout: float = 900.0)
   none is listening; a worker's exception is raised here with its traceback."""
   conn = _connect(path)
   if conn is None:
-    for stale in (path, path + ".key"):
-      if os.path.exists(stale):
-        os.remove(stale)
+    _remove(path)   # a worker that died leaves its files
     with open(path + ".log", "ab") as log:
       proc = subprocess.Popen(start_cmd, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)   # outlives this ClientApp process
@@ -124,9 +122,24 @@ def _connect(path: str):
     return None
 
 
+def stop_workers(key: str) -> int:
+  """Ends the workers of deployment ``key`` on this machine (when a deployment stops);
+  returns how many were asked."""
+  directory = os.path.dirname(socket_path(key, 0))
+  stopped = 0
+  for name in os.listdir(directory):
+    if name.startswith(key + "-") and name.endswith(".sock"):
+      conn = _connect(os.path.join(directory, name))
+      if conn is not None:
+        with conn:
+          conn.send(None)
+        stopped += 1
+  return stopped
+
+
 def serve(path: str, train: Train, idle_s: float = 600.0) -> None:
   """The worker's loop: answers ``(client id, content, state)`` requests with ``train``
-  until ``idle_s`` seconds pass without one."""
+  until ``idle_s`` seconds pass without one or a ``None`` request asks it to stop."""
   key = secrets.token_bytes(32)
   with Listener(path, family="AF_UNIX", authkey=key) as listener:
     fd = os.open(path + ".key.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -138,9 +151,7 @@ def serve(path: str, train: Train, idle_s: float = 600.0) -> None:
     def watchdog():
       while time.monotonic() - last[0] < idle_s:
         time.sleep(min(5.0, idle_s))
-      for f in (path + ".key", path):
-        if os.path.exists(f):
-          os.remove(f)
+      _remove(path)
       os._exit(0)
 
     threading.Thread(target=watchdog, daemon=True).start()
@@ -152,7 +163,10 @@ def serve(path: str, train: Train, idle_s: float = 600.0) -> None:
       with conn:
         last[0] = time.monotonic()
         try:
-          reply = ("ok", train(*conn.recv()))
+          request = conn.recv()
+          if request is None:
+            break
+          reply = ("ok", train(*request))
         except EOFError:      # the ClientApp process went away before asking
           continue
         except Exception:     # the ClientApp reports it; the worker serves the next round
@@ -162,3 +176,10 @@ def serve(path: str, train: Train, idle_s: float = 600.0) -> None:
         except OSError:
           pass
         last[0] = time.monotonic()
+  _remove(path)
+
+
+def _remove(path: str) -> None:
+  for f in (path + ".key", path):
+    if os.path.exists(f):
+      os.remove(f)

@@ -42,7 +42,12 @@ def test_worker_is_started_once_reused_and_reports_errors(tmp_path):
   with pytest.raises(AuthenticationError):
     Client(path, family="AF_UNIX", authkey=b"not the key")
   assert oct(os.stat(path + ".key").st_mode & 0o777) == "0o600"
-  os.kill(reply["pid"], 9)
+  with flower_node._connect(path) as conn:   # asked to stop, it ends and removes its files
+    conn.send(None)
+  deadline = time.monotonic() + 30
+  while os.path.exists(path + ".key") and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not os.path.exists(path) and not os.path.exists(path + ".key")
 
 
 def test_idle_worker_ends_and_a_new_one_starts(tmp_path):
