@@ -51,32 +51,19 @@ def _config(directory, rounds, steps, quick, node_cache=True, worker=True):
 
 def deployment_rounds(directory: str, config: str, clients: int) -> list[dict]:
   """Runs the secure local deployment of ``config`` once; its per-round metric rows."""
-  os.makedirs(directory, exist_ok=True)
-  secrets = os.path.join(directory, "secrets")
-  tls, port = fd.write_tls(secrets), fd.free_port()
-  out = os.path.join(directory, "scores.npz")
-  env = fd.cli_env(directory, f"127.0.0.1:{port}", tls["ca"],
-                   {"PRISM_CONFIG": config, "PRISM_OUT": out, "PRISM_WORKER_IDLE_S": "30"})
-  procs = [fd.start_superlink(directory, tls, port, env)]
+  fed = fd.start_federation(directory, clients, config)
   try:
-    for cid in range(clients):
-      private, public = fd.write_node_key(secrets, f"node{cid}")
-      fd.register(public, env)
-      procs.append(fd.start_supernode(directory, tls, f"127.0.0.1:{port}", cid, clients,
-                                      private, env))
-    run = fd.run_app(directory, env)
-    procs.append(run)
-    if run.wait(3600):
-      with open(os.path.join(directory, "run.log")) as f:
+    if fed.run().wait(3600):
+      with open(os.path.join(fed.workdir, "run.log")) as f:
         raise RuntimeError(f"deployment failed:\n{f.read()[-3000:]}")
   finally:
-    fd.stop(*reversed(procs))
-  with open(out + ".jsonl") as f:
+    fed.stop()
+  with open(fed.out + ".jsonl") as f:
     return [json.loads(line) for line in f]
 
 
 def simulator_rounds(config_path: str) -> list[float]:
-  from experiments.flower_app import load_config
+  from experiments.flower_client import load_config
   from prism_jax import flower, train
   config = load_config(config_path)
   dep = flower.Deployment.from_config(config)

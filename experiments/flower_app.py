@@ -40,7 +40,6 @@ def node_data(client_id: int):
 
 OUT = os.environ.get("PRISM_OUT", "runs/flower_app/scores.npz")
 NODE = flower.Node(DEPLOYMENT, node_data)    # what a node's worker (or ClientApp) runs
-clientapp = flower.client_app(DEPLOYMENT, node_data)   # in-process (Flower simulation)
 serverapp = flower.server_app(DEPLOYMENT, OUT, options=flower.ServerOptions(**{
     "checkpoint_dir": os.path.join(os.path.dirname(os.path.abspath(OUT)), "checkpoints"),
     **{k: v for k, v in CONFIG.deploy.items() if v is not None and k not in ("node_cache", "worker")}}))

@@ -12,6 +12,7 @@ deployment test drives.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -188,6 +189,69 @@ def _is_ip(host: str) -> bool:
     return False
 
 
+@dataclasses.dataclass
+class Federation:
+  """A running local federation (:func:`start_federation`): the SuperLink, one
+  authenticated SuperNode per client (``nodes``), the apps' environment ``env`` and every
+  process started, which :meth:`stop` ends with the nodes' workers."""
+  workdir: str
+  config: str
+  tls: dict
+  address: str
+  env: dict
+  procs: list
+  nodes: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def secrets(self) -> str:
+    return os.path.join(self.workdir, "secrets")
+
+  @property
+  def out(self) -> str:
+    return self.env["PRISM_OUT"]
+
+  def node(self, client_id: int, num_clients: int, private_key: str) -> subprocess.Popen:
+    """Starts (or restarts) client ``client_id``'s SuperNode with ``private_key``."""
+    proc = start_supernode(self.workdir, self.tls, self.address, client_id, num_clients,
+                           private_key, self.env)
+    self.nodes[client_id] = proc
+    self.procs.append(proc)
+    return proc
+
+  def run(self, resume: bool = False) -> subprocess.Popen:
+    proc = run_app(self.workdir, self.env, resume)
+    self.procs.append(proc)
+    return proc
+
+  def stop(self) -> None:
+    stop(*reversed(self.procs))
+    flower_node.stop_workers(flower_client.worker_key(self.config))
+
+
+def start_federation(workdir: str, clients: int, config: str,
+                     extra_env: dict | None = None) -> Federation:
+  """Certificates and node keys under ``workdir/secrets``, the SuperLink with TLS and node
+  authentication, each node's public key registered and one SuperNode per client; the apps
+  build from ``config`` and write to ``workdir/scores.npz``."""
+  workdir = os.path.abspath(workdir)
+  tls, port = write_tls(os.path.join(workdir, "secrets")), free_port()
+  address = f"127.0.0.1:{port}"
+  env = cli_env(workdir, address, tls["ca"], {
+      "PRISM_CONFIG": config, "PRISM_OUT": os.path.join(workdir, "scores.npz"),
+      **(extra_env or {})})
+  fed = Federation(workdir, config, tls, address, env,
+                   [start_superlink(workdir, tls, port, env)])
+  try:
+    for cid in range(clients):
+      private, public = write_node_key(fed.secrets, f"node{cid}")
+      register(public, env)
+      fed.node(cid, clients, private)
+  except BaseException:
+    fed.stop()
+    raise
+  return fed
+
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/deploy", "certificates, keys, logs and the run's output")
 flags.DEFINE_integer("clients", 10, "SuperNodes (one per client of the config)")
@@ -197,24 +261,11 @@ flags.DEFINE_string("config", os.path.join(ROOT, "experiments", "configs", "mnis
 
 def main(argv):
   del argv
-  workdir = os.path.abspath(FLAGS.workdir)
-  secrets = os.path.join(workdir, "secrets")
-  tls, port = write_tls(secrets), free_port()
-  env = cli_env(workdir, f"127.0.0.1:{port}", tls["ca"], {
-      "PRISM_CONFIG": FLAGS.config, "PRISM_OUT": os.path.join(workdir, "scores.npz")})
-  procs = [start_superlink(workdir, tls, port, env)]
+  fed = start_federation(FLAGS.workdir, FLAGS.clients, FLAGS.config)
   try:
-    for cid in range(FLAGS.clients):
-      private, public = write_node_key(secrets, f"node{cid}")
-      register(public, env)
-      procs.append(start_supernode(workdir, tls, f"127.0.0.1:{port}", cid, FLAGS.clients,
-                                   private, env))
-    run = run_app(workdir, env)
-    procs.append(run)
-    sys.exit(run.wait())
+    sys.exit(fed.run().wait())
   finally:
-    stop(*reversed(procs))
-    flower_node.stop_workers(flower_client.worker_key(FLAGS.config))   # the nodes' workers
+    fed.stop()
 
 
 if __name__ == "__main__":

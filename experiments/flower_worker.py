@@ -14,7 +14,7 @@ def main(argv):
   del argv
   from experiments import flower_app
   from prism_jax import flower_node
-  flower_app.NODE._cached(FLAGS.client_id)   # data and compiled update before the first round
+  flower_app.NODE.prepare(FLAGS.client_id)   # data and compiled update before the first round
   flower_node.serve(FLAGS.socket, flower_app.NODE.train,
                     float(os.environ.get("PRISM_WORKER_IDLE_S", 600)))
 

@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import checkpoint, client, coding, downlink, dp, flower_node, generator, pbm
+from prism_jax import (checkpoint, client, coding, downlink, dp, flower_node, generator,
+                       masking, pbm)
 from prism_jax import round as rnd
 from prism_jax.flower_node import (CONFIG, DOWN, GLOBAL, LOCAL_STATE, METRICS, PROBS, SCORES,
                                    UPLOAD)
@@ -75,6 +76,10 @@ class Deployment:
   def like(self):
     """Shapes of the masked weights (structure of scores and masks)."""
     return jax.eval_shape(lambda: generator.init_weights(self.prism.model, 0))
+
+  @functools.cached_property
+  def num_weights(self) -> int:
+    return masking.num_weights(self.like)
 
   @functools.cached_property
   def bit_leaves(self) -> list[bool]:
@@ -167,8 +172,9 @@ class Node:
                compilation_cache: str | None = "~/.cache/prism_jax/xla"):
     self.dep, self.load_data, self.compilation_cache = dep, load_data, compilation_cache
 
-  def _cached(self, cid: int) -> dict:
-    # Kept per process and deployment: Flower may rebuild the app for every message.
+  def prepare(self, cid: int) -> dict:
+    """Client ``cid``'s data, frozen weights and compiled update, loaded once per process
+    and deployment (Flower may rebuild the app for every message)."""
     cache = _NODE_CACHE.setdefault((self.dep.fingerprint, cid), {})
     if not cache:
       if self.compilation_cache and not jax.config.jax_compilation_cache_dir:
@@ -185,7 +191,7 @@ class Node:
     ``state`` what the node kept from its last round (``global``, ``round``,
     ``local_state``). Returns ``(reply, new state)``; the reply is the coded upload, its
     digests and metrics, or ``need_full`` when the broadcasts cannot be applied."""
-    dep, prism, cache = self.dep, self.dep.prism, self._cached(cid)
+    dep, prism, cache = self.dep, self.dep.prism, self.prepare(cid)
     images, real_stats = cache["data"]
     cfg, init, state = content[CONFIG], dep.initial, dict(state)
     if content.get(SCORES) is not None:   # the full float32 scores (and FedPM's posteriors)
@@ -266,7 +272,7 @@ def _decode(dep: Deployment, reply, theta_bits, version: int) -> tuple[Any, dict
   if claimed != version:
     raise UploadError(f"upload claims round {claimed}, this is round {version}")
   if dep.prism.pbm is not None:
-    d = pbm.padded_size(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dep.like)))
+    d = pbm.padded_size(dep.num_weights)
     if len(payload) != -(-d // 8):
       raise UploadError(f"PBM upload of {len(payload)} bytes, expected {-(-d // 8)}")
     bits = np.unpackbits(np.frombuffer(payload, np.uint8), count=d).astype(bool)
@@ -353,7 +359,7 @@ class _Server:
 
   def __init__(self, dep: Deployment, options: ServerOptions, out_path: str | None):
     self.dep, self.options, self.out_path = dep, options, out_path
-    self.n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dep.like))
+    self.n = dep.num_weights
     self.step = jax.jit(functools.partial(rnd.server_step, dep.prism),
                         static_argnames="participants")
     self.state, self.downlinks = dep.initial, _Downlinks(dep, self.n)

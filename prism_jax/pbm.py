@@ -32,6 +32,7 @@ conversion. Uploads stay one bit per (rotated) coordinate.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -264,12 +265,7 @@ def epsilon(participants: int, b: float, clip_norm: float, coord_clip: float, ro
             delta: float, orders: tuple = ORDERS) -> float:
   """``epsilon`` at ``delta`` after ``rounds`` rounds (RDP composition, dp-accounting's
   conversion)."""
-  if rounds == 0:
-    return 0.0
-  rdp = rounds * rdp_per_round(participants, b, clip_norm, coord_clip, orders)
-  eps, _ = dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(list(orders), list(rdp),
-                                                                  delta)
-  return float(eps)
+  return epsilon_of_rounds([participants] * rounds, b, clip_norm, coord_clip, delta, orders)
 
 
 def epsilon_of_rounds(participants: list[int], b: float, clip_norm: float,
@@ -278,7 +274,8 @@ def epsilon_of_rounds(participants: list[int], b: float, clip_norm: float,
   deployment where clients drop out: each round's RDP at the number that took part)."""
   if not participants:
     return 0.0
-  rdp = sum(rdp_per_round(n, b, clip_norm, coord_clip, orders) for n in participants)
+  rdp = sum(count * rdp_per_round(n, b, clip_norm, coord_clip, orders)
+            for n, count in collections.Counter(participants).items())
   eps, _ = dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(list(orders), list(rdp),
                                                                   delta)
   return float(eps)

@@ -48,31 +48,19 @@ def _log(tmp_path, name):
 
 def test_tls_node_auth_dropout_and_server_restart(tmp_path):
   from experiments import flower_deploy as fd
+  from experiments.flower_client import load_config
   from prism_jax import flower
-  from experiments.flower_app import load_config
-  secrets = str(tmp_path / "secrets")
-  tls, port = fd.write_tls(secrets), fd.free_port()
-  address, out = f"127.0.0.1:{port}", str(tmp_path / "scores.npz")
   config = str(tmp_path / "config.py")
   with open(config, "w") as f:
     f.write(CONFIG.format(rounds=4, cache=str(tmp_path / "cache")))
-  env = fd.cli_env(str(tmp_path), address, tls["ca"], {
-      "PRISM_CONFIG": config, "PRISM_OUT": out, "PRISM_WORKER_IDLE_S": "60"})
-  procs = [fd.start_superlink(str(tmp_path), tls, port, env)]
+  fed = fd.start_federation(str(tmp_path), 3, config, {"PRISM_WORKER_IDLE_S": "60"})
   try:
-    nodes = []
-    for cid in range(3):
-      private, public = fd.write_node_key(secrets, f"node{cid}")
-      fd.register(public, env)
-      nodes.append(fd.start_supernode(str(tmp_path), tls, address, cid, 3, private, env))
-    procs += nodes
     # A SuperNode with a key the SuperLink does not know: refused, it exits at once.
-    rogue_key, _ = fd.write_node_key(secrets, "rogue")
-    rogue = fd.start_supernode(str(tmp_path), tls, address, 3, 4, rogue_key, env)
-    procs.append(rogue)
+    rogue_key, _ = fd.write_node_key(fed.secrets, "rogue")
+    rogue = fed.node(3, 4, rogue_key)
     assert rogue.wait(120) != 0
     assert "Failed to activate SuperNode" in _log(tmp_path, "supernode-3.log")
-    listed = subprocess.run(["flwr", "supernode", "ls", "--format", "json"], env=env,
+    listed = subprocess.run(["flwr", "supernode", "ls", "--format", "json"], env=fed.env,
                             capture_output=True, text=True)
     assert len(json.loads(listed.stdout)["nodes"]) == 3
 
@@ -81,13 +69,12 @@ def test_tls_node_auth_dropout_and_server_restart(tmp_path):
     # Flower reports it unavailable about a minute after its last heartbeat).
     dep = flower.Deployment.from_config(load_config(config))
     victim = next(c for r in range(1, 4) for c in dep.round_plan(r)[0])
-    run = fd.run_app(str(tmp_path), env)
-    procs.append(run)
-    rows = _wait(run, out + ".jsonl", 1)
+    run = fed.run()
+    rows = _wait(run, fed.out + ".jsonl", 1)
     assert rows and rows[0]["participants"] == 2, _log(tmp_path, "run.log")[-3000:]
-    os.killpg(nodes[victim].pid, signal.SIGKILL)
+    os.killpg(fed.nodes[victim].pid, signal.SIGKILL)
     assert run.wait(900) == 0, _log(tmp_path, "run.log")[-3000:]
-    rows = _rows(out + ".jsonl")
+    rows = _rows(fed.out + ".jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     hit = [r for r in rows[1:] if victim in r["selected"]]
     assert hit and all(str(victim) in r["dropped"] and r["participants"] == 1 and "loss" in r
@@ -97,15 +84,12 @@ def test_tls_node_auth_dropout_and_server_restart(tmp_path):
 
     # Restart: a new SuperNode for the victim (same key, same node id), the server resumes
     # its checkpoint of round 4 and runs 2 more rounds.
-    nodes[victim] = fd.start_supernode(str(tmp_path), tls, address, victim, 3,
-                                       os.path.join(secrets, f"node{victim}"), env)
-    procs.append(nodes[victim])
+    fed.node(victim, 3, os.path.join(fed.secrets, f"node{victim}"))
     with open(config, "w") as f:
       f.write(CONFIG.format(rounds=6, cache=str(tmp_path / "cache")))
-    run = fd.run_app(str(tmp_path), env, resume=True)
-    procs.append(run)
+    run = fed.run(resume=True)
     assert run.wait(900) == 0, _log(tmp_path, "run.log")[-3000:]
-    rows = _rows(out + ".jsonl")
+    rows = _rows(fed.out + ".jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
   finally:
-    fd.stop(*reversed(procs))
+    fed.stop()
