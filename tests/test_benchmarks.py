@@ -46,3 +46,28 @@ def test_vs_official_table_sets_the_ratios_beside_the_ceiling():
   md = vs_official.markdown(result)
   assert "JAX 160, torch 150 GFLOP/s" in md
   assert "| pixels | 1.00 | 2.00 | 0.50x | 120 | 120 | 60 | 0.75 | 0.67 |" in md
+
+
+def test_loss_choice_variants_build_the_losses_they_name():
+  """Every variant's flags set fields that exist, and the loss they configure is the named
+  weighted sum (zero-weight terms dropped)."""
+  import jax
+  import numpy as np
+  from benchmarks import loss_choice, loss_choice_config
+  from experiments.configs import overrides
+  from prism_jax import losses
+  x = jax.random.normal(jax.random.key(0), (8, 6))
+  y = jax.random.normal(jax.random.key(1), (8, 6))
+  for key, (_, spec) in loss_choice.VARIANTS.items():
+    config = loss_choice_config.get_config()
+    for flag in loss_choice.flags(spec):
+      field, value = flag[len("--config."):].split("=")
+      overrides.override(config, field, value if field.endswith(("name", "cost")) else float(value))
+    if not spec:
+      assert config.loss.name == "gaussian_mmd"
+      continue
+    got = losses.get_loss(config.loss.name, **config.loss.kwargs).apply(x, y, ())[0]
+    _, mmd, cost, eps, marginal = spec
+    want = (losses.sinkhorn_divergence(x, y, eps=eps, cost=cost)
+            + mmd * losses.gaussian_mmd(x, y) + marginal * losses.marginal_w2(x, y))
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=key)

@@ -62,3 +62,14 @@ def test_command_line_override_of_a_missing_field_fails_with_the_explanation():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "AttributeError" not in proc.stderr
   assert "FATAL: --config.features_kwargs.weights: the chosen config has no field" in proc.stderr
+
+
+def test_ot_variant_changes_only_the_loss_and_a_bad_variant_is_named():
+  from prism_jax import losses
+  default, ot = mnist_cpu.get_config(), mnist_cpu.get_config("ot")
+  assert ot.loss.name == "sum" and set(ot.loss.kwargs) == {"sinkhorn", "marginal_w2"}
+  losses.get_loss(ot.loss.name, **ot.loss.kwargs)          # builds
+  default.loss = ot.loss
+  assert default.to_dict() == ot.to_dict()
+  with pytest.raises(ValueError, match="unknown variant 'sinkhorn'; choose one of \\['ot'\\]"):
+    mnist_cpu.get_config("sinkhorn")

@@ -1,0 +1,13 @@
+"""The default config with an empty ``loss.kwargs`` that accepts the ``sum`` loss's terms
+from the command line (``--config.loss.kwargs.sinkhorn.eps=0.01``)."""
+import ml_collections
+
+from experiments.configs import mnist_cpu
+
+
+def get_config():
+  c = mnist_cpu.get_config()
+  c.loss.kwargs = ml_collections.ConfigDict({
+      "sinkhorn": {"eps": 0.05, "cost": "sq", "weight": 1.0},
+      "gaussian_mmd": {"weight": 0.0}, "marginal_w2": {"weight": 0.0}})
+  return c
