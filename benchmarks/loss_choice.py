@@ -23,7 +23,8 @@ MODES = ("fixed", "resampled", "threshold")
 CENTRAL = ("--config.num_clients=1", "--config.clients_per_round=1", "--config.rounds=3",
            "--config.local.local_steps=250")
 _SUM = "--config.loss.name=sum"
-# key: (label, config flags beyond CENTRAL). "sum" terms: loss.kwargs.<term>.<arg>.
+# key: (label, loss spec): ("m", MMD weight, Sinkhorn cost, eps, intensity W2 weight[, edge W2
+# weight]) of a "sum" loss (loss.kwargs.<term>.<arg>), or () for the default's MMD.
 VARIANTS = {
     "mmd": ("Gaussian MMD (the default)", ()),
     "sk05": ("Sinkhorn eps 0.05", ("m", 0.0, "sq", 0.05, 0.0)),
@@ -34,29 +35,37 @@ VARIANTS = {
     "sk05_m1": ("Sinkhorn 0.05 + intensity W2", ("m", 0.0, "sq", 0.05, 1.0)),
     "sk05_m3": ("Sinkhorn 0.05 + 3 intensity W2", ("m", 0.0, "sq", 0.05, 3.0)),
     "sk05_mmd03_m1": ("Sinkhorn 0.05 + 0.3 MMD + intensity W2", ("m", 0.3, "sq", 0.05, 1.0)),
-    "sk01_m1": ("Sinkhorn 0.01 + intensity W2 (`mnist_cpu.py:ot`)",
-                ("m", 0.0, "sq", 0.01, 1.0)),
+    "sk01_m1": ("Sinkhorn 0.01 + intensity W2", ("m", 0.0, "sq", 0.01, 1.0)),
+    "sk01_m1_e1": ("Sinkhorn 0.01 + intensity W2 + edge W2 (`mnist_cpu.py:ot`)",
+                   ("m", 0.0, "sq", 0.01, 1.0, 1.0)),
     "sk05l1": ("Sinkhorn 0.05, L1 cost", ("m", 0.0, "l1", 0.05, 0.0)),
     "sk05l1_m1": ("Sinkhorn 0.05, L1 cost + intensity W2", ("m", 0.0, "l1", 0.05, 1.0)),
 }
-SHOWN = ("mmd", "sk05", "sk05_mmd03", "sk05_m1", "sk01_m1", "sk05l1")
-# The default command as is and with the transport variant (federated, 5 rounds).
-FEDERATED = {"fed_mmd": ("default: Gaussian MMD", []),
-             "fed_ot": ("default with mnist_cpu.py:ot",
-                        ["--config=experiments/configs/mnist_cpu.py:ot"])}
+SHOWN = ("mmd", "sk05", "sk05_mmd03", "sk05_m1", "sk01_m1", "sk01_m1_e1")
 
 
 def flags(spec) -> list[str]:
   if not spec:
     return []
-  _, mmd, cost, eps, marginal = spec
+  _, mmd, cost, eps, marginal, edge = (*spec, 0.0)[:6]
   out = [_SUM, f"--config.loss.kwargs.sinkhorn.eps={eps}",
          f"--config.loss.kwargs.sinkhorn.cost={cost}"]
   if mmd:
     out.append(f"--config.loss.kwargs.gaussian_mmd.weight={mmd}")
   if marginal:
     out.append(f"--config.loss.kwargs.marginal_w2.weight={marginal}")
+  if edge:
+    out.append(f"--config.loss.kwargs.edge_w2.weight={edge}")
   return out
+
+
+# The default command as is and with the transport losses (federated, 5 rounds).
+FEDERATED = {"fed_mmd": ("default: Gaussian MMD", []),
+             "fed_ot_noedge": ("default with Sinkhorn 0.01 + intensity W2",
+                               ["--config=benchmarks/loss_choice_config.py",
+                                *flags(VARIANTS["sk01_m1"][1])]),
+             "fed_ot": ("default with mnist_cpu.py:ot",
+                        ["--config=experiments/configs/mnist_cpu.py:ot"])}
 
 
 def train(workdir: str, key: str, args: list[str]) -> dict:
@@ -158,7 +167,7 @@ def main() -> None:
     f.write("\n".join(md) + "\n")
   figure(args.workdir, [(k, VARIANTS[k][0].replace(" (`mnist_cpu.py:ot`)", "")) for k in SHOWN],
          os.path.join("results", "loss_choice_samples.png"))
-  figure(args.workdir, [(k, label) for k, (label, _) in FEDERATED.items()],
+  figure(args.workdir, [(k, FEDERATED[k][0]) for k in ("fed_mmd", "fed_ot")],
          os.path.join("results", "loss_choice_default_samples.png"), cols=2)
   print("\n".join(md))
 

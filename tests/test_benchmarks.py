@@ -56,8 +56,8 @@ def test_loss_choice_variants_build_the_losses_they_name():
   from benchmarks import loss_choice, loss_choice_config
   from experiments.configs import overrides
   from prism_jax import losses
-  x = jax.random.normal(jax.random.key(0), (8, 6))
-  y = jax.random.normal(jax.random.key(1), (8, 6))
+  x = jax.random.normal(jax.random.key(0), (8, 9))     # 3 x 3 images for edge_w2
+  y = jax.random.normal(jax.random.key(1), (8, 9))
   for key, (_, spec) in loss_choice.VARIANTS.items():
     config = loss_choice_config.get_config()
     for flag in loss_choice.flags(spec):
@@ -67,7 +67,8 @@ def test_loss_choice_variants_build_the_losses_they_name():
       assert config.loss.name == "gaussian_mmd"
       continue
     got = losses.get_loss(config.loss.name, **config.loss.kwargs).apply(x, y, ())[0]
-    _, mmd, cost, eps, marginal = spec
+    _, mmd, cost, eps, marginal, edge = (*spec, 0.0)[:6]
     want = (losses.sinkhorn_divergence(x, y, eps=eps, cost=cost)
-            + mmd * losses.gaussian_mmd(x, y) + marginal * losses.marginal_w2(x, y))
+            + mmd * losses.gaussian_mmd(x, y) + marginal * losses.marginal_w2(x, y)
+            + edge * losses.edge_w2(x, y))
     np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=key)

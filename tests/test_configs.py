@@ -67,7 +67,7 @@ def test_command_line_override_of_a_missing_field_fails_with_the_explanation():
 def test_ot_variant_changes_only_the_loss_and_a_bad_variant_is_named():
   from prism_jax import losses
   default, ot = mnist_cpu.get_config(), mnist_cpu.get_config("ot")
-  assert ot.loss.name == "sum" and set(ot.loss.kwargs) == {"sinkhorn", "marginal_w2"}
+  assert ot.loss.name == "sum" and set(ot.loss.kwargs) == {"sinkhorn", "marginal_w2", "edge_w2"}
   losses.get_loss(ot.loss.name, **ot.loss.kwargs)          # builds
   default.loss = ot.loss
   assert default.to_dict() == ot.to_dict()
