@@ -23,23 +23,23 @@ MODES = ("fixed", "resampled", "threshold")
 CENTRAL = ("--config.num_clients=1", "--config.clients_per_round=1", "--config.rounds=3",
            "--config.local.local_steps=250")
 _SUM = "--config.loss.name=sum"
-# key: (label, loss spec): ("m", MMD weight, Sinkhorn cost, eps, intensity W2 weight[, edge W2
+# key: (label, loss spec): (MMD weight, Sinkhorn cost, eps, intensity W2 weight[, edge W2
 # weight]) of a "sum" loss (loss.kwargs.<term>.<arg>), or () for the default's MMD.
 VARIANTS = {
     "mmd": ("Gaussian MMD (the default)", ()),
-    "sk05": ("Sinkhorn eps 0.05", ("m", 0.0, "sq", 0.05, 0.0)),
-    "sk01": ("Sinkhorn eps 0.01", ("m", 0.0, "sq", 0.01, 0.0)),
-    "sk05_mmd1": ("Sinkhorn 0.05 + MMD", ("mmd", 1.0, "sq", 0.05, 0.0)),
-    "sk05_mmd03": ("Sinkhorn 0.05 + 0.3 MMD", ("mmd", 0.3, "sq", 0.05, 0.0)),
-    "sk05_m02": ("Sinkhorn 0.05 + 0.2 intensity W2", ("m", 0.0, "sq", 0.05, 0.2)),
-    "sk05_m1": ("Sinkhorn 0.05 + intensity W2", ("m", 0.0, "sq", 0.05, 1.0)),
-    "sk05_m3": ("Sinkhorn 0.05 + 3 intensity W2", ("m", 0.0, "sq", 0.05, 3.0)),
-    "sk05_mmd03_m1": ("Sinkhorn 0.05 + 0.3 MMD + intensity W2", ("m", 0.3, "sq", 0.05, 1.0)),
-    "sk01_m1": ("Sinkhorn 0.01 + intensity W2", ("m", 0.0, "sq", 0.01, 1.0)),
+    "sk05": ("Sinkhorn eps 0.05", (0.0, "sq", 0.05, 0.0)),
+    "sk01": ("Sinkhorn eps 0.01", (0.0, "sq", 0.01, 0.0)),
+    "sk05_mmd1": ("Sinkhorn 0.05 + MMD", (1.0, "sq", 0.05, 0.0)),
+    "sk05_mmd03": ("Sinkhorn 0.05 + 0.3 MMD", (0.3, "sq", 0.05, 0.0)),
+    "sk05_m02": ("Sinkhorn 0.05 + 0.2 intensity W2", (0.0, "sq", 0.05, 0.2)),
+    "sk05_m1": ("Sinkhorn 0.05 + intensity W2", (0.0, "sq", 0.05, 1.0)),
+    "sk05_m3": ("Sinkhorn 0.05 + 3 intensity W2", (0.0, "sq", 0.05, 3.0)),
+    "sk05_mmd03_m1": ("Sinkhorn 0.05 + 0.3 MMD + intensity W2", (0.3, "sq", 0.05, 1.0)),
+    "sk01_m1": ("Sinkhorn 0.01 + intensity W2", (0.0, "sq", 0.01, 1.0)),
     "sk01_m1_e1": ("Sinkhorn 0.01 + intensity W2 + edge W2 (`mnist_cpu.py:ot`)",
-                   ("m", 0.0, "sq", 0.01, 1.0, 1.0)),
-    "sk05l1": ("Sinkhorn 0.05, L1 cost", ("m", 0.0, "l1", 0.05, 0.0)),
-    "sk05l1_m1": ("Sinkhorn 0.05, L1 cost + intensity W2", ("m", 0.0, "l1", 0.05, 1.0)),
+                   (0.0, "sq", 0.01, 1.0, 1.0)),
+    "sk05l1": ("Sinkhorn 0.05, L1 cost", (0.0, "l1", 0.05, 0.0)),
+    "sk05l1_m1": ("Sinkhorn 0.05, L1 cost + intensity W2", (0.0, "l1", 0.05, 1.0)),
 }
 SHOWN = ("mmd", "sk05", "sk05_mmd03", "sk05_m1", "sk01_m1", "sk01_m1_e1")
 
@@ -47,7 +47,7 @@ SHOWN = ("mmd", "sk05", "sk05_mmd03", "sk05_m1", "sk01_m1", "sk01_m1_e1")
 def flags(spec) -> list[str]:
   if not spec:
     return []
-  _, mmd, cost, eps, marginal, edge = (*spec, 0.0)[:6]
+  mmd, cost, eps, marginal, edge = (*spec, 0.0)[:5]
   out = [_SUM, f"--config.loss.kwargs.sinkhorn.eps={eps}",
          f"--config.loss.kwargs.sinkhorn.cost={cost}"]
   if mmd:

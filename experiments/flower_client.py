@@ -6,10 +6,10 @@ the round runs in the ClientApp process itself. Config: ``PRISM_CONFIG`` (``path
 ``path.py:arg``; default: the offline MNIST CPU config), as for the server.
 """
 import hashlib
-import importlib.util
 import os
 import sys
 
+from experiments.configs import overrides
 from prism_jax import flower_node
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
@@ -18,13 +18,7 @@ SPEC = os.environ.get("PRISM_CONFIG", DEFAULT)
 
 def load_config(spec: str):
   """A config from ``path.py`` or ``path.py:arg`` (as ``--config=`` takes it)."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("prism_flower_config", path)
-  if module_spec is None:
-    raise FileNotFoundError(f"PRISM_CONFIG: no config file {path!r}")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  return overrides.load_config_file(spec, "PRISM_CONFIG")
 
 
 def worker_key(spec: str = SPEC) -> str:

@@ -63,11 +63,14 @@ def override(config, dotted: str, value):
   return config
 
 
-def load_config_file(spec: str):
-  """The config of a ``--config`` value, ``path[:argument]`` (``get_config(argument)``)."""
+def load_config_file(spec: str, what: str = "--config"):
+  """The config of a ``--config`` value, ``path[:argument]`` (``get_config(argument)``);
+  ``what`` names where the spec came from in the error for a missing file."""
   import importlib.util
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("_prism_config", path)
+  if module_spec is None:
+    raise FileNotFoundError(f"{what}: no config file {path!r}")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
