@@ -1,8 +1,9 @@
 """Which pixel loss gives digits a person reads: the default's Gaussian MMD against transport
 losses, trained centrally (one client holding all 50k images, 3 rounds of 250 local steps,
-otherwise the default config), with domain-FID of the three views and the sample grids; the
-default command and its ``mnist_cpu.py:ot`` variant side by side; and what domain-FID gives
-real digits that are blurred, greyed or thickened.
+otherwise the default config), with domain-FID of the three views, legibility (the share of
+samples two blur-tolerant classifiers read as the same digit, ``metrics.legibility``) and
+the sample grids; the default command and its ``mnist_cpu.py:ot`` variant side by side; and
+what both metrics give real digits that are blurred, greyed, thickened or cut in half.
 
   python -m benchmarks.loss_choice --workdir=runs/loss_choice      # ~60 min; resumable
 
@@ -23,47 +24,65 @@ MODES = ("fixed", "resampled", "threshold")
 CENTRAL = ("--config.num_clients=1", "--config.clients_per_round=1", "--config.rounds=3",
            "--config.local.local_steps=250")
 _SUM = "--config.loss.name=sum"
-# key: (label, loss spec): (MMD weight, Sinkhorn cost, eps, intensity W2 weight[, edge W2
-# weight]) of a "sum" loss (loss.kwargs.<term>.<arg>), or () for the default's MMD.
-VARIANTS = {
-    "mmd": ("Gaussian MMD (the default)", ()),
-    "sk05": ("Sinkhorn eps 0.05", (0.0, "sq", 0.05, 0.0)),
-    "sk01": ("Sinkhorn eps 0.01", (0.0, "sq", 0.01, 0.0)),
-    "sk05_mmd1": ("Sinkhorn 0.05 + MMD", (1.0, "sq", 0.05, 0.0)),
-    "sk05_mmd03": ("Sinkhorn 0.05 + 0.3 MMD", (0.3, "sq", 0.05, 0.0)),
-    "sk05_m02": ("Sinkhorn 0.05 + 0.2 intensity W2", (0.0, "sq", 0.05, 0.2)),
-    "sk05_m1": ("Sinkhorn 0.05 + intensity W2", (0.0, "sq", 0.05, 1.0)),
-    "sk05_m3": ("Sinkhorn 0.05 + 3 intensity W2", (0.0, "sq", 0.05, 3.0)),
-    "sk05_mmd03_m1": ("Sinkhorn 0.05 + 0.3 MMD + intensity W2", (0.3, "sq", 0.05, 1.0)),
-    "sk01_m1": ("Sinkhorn 0.01 + intensity W2", (0.0, "sq", 0.01, 1.0)),
-    "sk01_m1_e1": ("Sinkhorn 0.01 + intensity W2 + edge W2 (`mnist_cpu.py:ot`)",
-                   (0.0, "sq", 0.01, 1.0, 1.0)),
-    "sk05l1": ("Sinkhorn 0.05, L1 cost", (0.0, "l1", 0.05, 0.0)),
-    "sk05l1_m1": ("Sinkhorn 0.05, L1 cost + intensity W2", (0.0, "l1", 0.05, 1.0)),
-}
-SHOWN = ("mmd", "sk05", "sk05_mmd03", "sk05_m1", "sk01_m1", "sk01_m1_e1")
+NARROW = "(0.01,0.03)"          # the Gaussian MMD's two narrowest bandwidths only
 
 
-def flags(spec) -> list[str]:
-  if not spec:
-    return []
-  mmd, cost, eps, marginal, edge = (*spec, 0.0)[:5]
-  out = [_SUM, f"--config.loss.kwargs.sinkhorn.eps={eps}",
-         f"--config.loss.kwargs.sinkhorn.cost={cost}"]
-  if mmd:
-    out.append(f"--config.loss.kwargs.gaussian_mmd.weight={mmd}")
-  if marginal:
-    out.append(f"--config.loss.kwargs.marginal_w2.weight={marginal}")
-  if edge:
-    out.append(f"--config.loss.kwargs.edge_w2.weight={edge}")
+def sum_loss(sinkhorn: dict | None = None, **terms) -> list[str]:
+  """Flags of a ``loss.name=sum`` over ``benchmarks/loss_choice_config.py`` (Sinkhorn eps
+  0.05, squared cost, weight 1; every other term weight 0): ``term={"arg": value}``."""
+  out = [_SUM]
+  for term, kwargs in {"sinkhorn": sinkhorn or {}, **terms}.items():
+    out += [f"--config.loss.kwargs.{term}.{arg}={value}" for arg, value in kwargs.items()]
   return out
+
+
+def _ot(eps=0.01, mmd=0.0, **more) -> list[str]:
+  """Sinkhorn at ``eps`` + intensity W2 + edge W2 (+ the narrow-bandwidth MMD)."""
+  terms = {"marginal_w2": {"weight": 1.0}, "edge_w2": {"weight": 1.0}, **more}
+  if mmd:
+    terms["gaussian_mmd"] = {"weight": mmd, "bandwidths": NARROW}
+  return sum_loss({"eps": eps}, **terms)
+
+
+# key: (label, flags); flags that set loss.* run on benchmarks/loss_choice_config.py.
+VARIANTS = {
+    "mmd": ("Gaussian MMD (the default)", []),
+    "mmd_ngf32": ("Gaussian MMD, generator ngf 32 (1.6M weights)", ["--config.ngf=32"]),
+    "sk05": ("Sinkhorn eps 0.05", sum_loss()),
+    "sk01": ("Sinkhorn eps 0.01", sum_loss({"eps": 0.01})),
+    "sk05_mmd1": ("Sinkhorn 0.05 + MMD", sum_loss(gaussian_mmd={"weight": 1.0})),
+    "sk05_mmd03": ("Sinkhorn 0.05 + 0.3 MMD", sum_loss(gaussian_mmd={"weight": 0.3})),
+    "sk05_m02": ("Sinkhorn 0.05 + 0.2 intensity W2", sum_loss(marginal_w2={"weight": 0.2})),
+    "sk05_m1": ("Sinkhorn 0.05 + intensity W2", sum_loss(marginal_w2={"weight": 1.0})),
+    "sk05_m3": ("Sinkhorn 0.05 + 3 intensity W2", sum_loss(marginal_w2={"weight": 3.0})),
+    "sk05_mmd03_m1": ("Sinkhorn 0.05 + 0.3 MMD + intensity W2",
+                      sum_loss(gaussian_mmd={"weight": 0.3}, marginal_w2={"weight": 1.0})),
+    "sk01_m1": ("Sinkhorn 0.01 + intensity W2",
+                sum_loss({"eps": 0.01}, marginal_w2={"weight": 1.0})),
+    "sk01_m1_e1": ("Sinkhorn 0.01 + intensity W2 + edge W2", _ot()),
+    "sk002_m1_e1": ("Sinkhorn 0.002 + intensity W2 + edge W2", _ot(0.002)),
+    "sk01_m1_e1_n1": ("Sinkhorn 0.01 + intensity W2 + edge W2 + narrow MMD (`mnist_cpu.py:ot`)",
+                      _ot(mmd=1.0)),
+    "sk002_m1_e1_n3": ("Sinkhorn 0.002 + intensity W2 + edge W2 + 3 narrow MMD",
+                       _ot(0.002, mmd=3.0)),
+    "sk05l1": ("Sinkhorn 0.05, L1 cost", sum_loss({"cost": "l1"})),
+    "sk05l1_m1": ("Sinkhorn 0.05, L1 cost + intensity W2",
+                  sum_loss({"cost": "l1"}, marginal_w2={"weight": 1.0})),
+}
+SHOWN = ("mmd", "mmd_ngf32", "sk05", "sk01_m1", "sk01_m1_e1", "sk01_m1_e1_n1")
+_CONFIG = "--config=" + os.path.join("benchmarks", "loss_choice_config.py")
+
+
+def with_config(flags: list[str]) -> list[str]:
+  return [_CONFIG, *flags] if _SUM in flags else list(flags)
 
 
 # The default command as is and with the transport losses (federated, 5 rounds).
 FEDERATED = {"fed_mmd": ("default: Gaussian MMD", []),
              "fed_ot_noedge": ("default with Sinkhorn 0.01 + intensity W2",
-                               ["--config=benchmarks/loss_choice_config.py",
-                                *flags(VARIANTS["sk01_m1"][1])]),
+                               with_config(VARIANTS["sk01_m1"][1])),
+             "fed_ot_edge": ("default with Sinkhorn 0.01 + intensity W2 + edge W2",
+                             with_config(VARIANTS["sk01_m1_e1"][1])),
              "fed_ot": ("default with mnist_cpu.py:ot",
                         ["--config=experiments/configs/mnist_cpu.py:ot"])}
 
@@ -80,9 +99,7 @@ def train(workdir: str, key: str, args: list[str]) -> dict:
 
 
 def central_args(key: str) -> list[str]:
-  extra = flags(VARIANTS[key][1])
-  cfg = ["--config=" + os.path.join("benchmarks", "loss_choice_config.py")] if extra else []
-  return [*cfg, *CENTRAL, *extra]
+  return [*CENTRAL, *with_config(VARIANTS[key][1])]
 
 
 def training_seconds(workdir: str, key: str) -> float:
@@ -91,31 +108,49 @@ def training_seconds(workdir: str, key: str) -> float:
     return sum(json.loads(line).get("seconds") or 0.0 for line in f)
 
 
-def degraded_real() -> dict[str, float]:
-  """Domain-FID (the default run's embedder and test statistics) of 1,000 training digits,
-  as they are and degraded: what the metric punishes."""
-  import jax
-  from scipy import ndimage
-  from experiments.configs import mnist_cpu
-  from prism_jax import data, evaluation, generator, metrics, train as train_lib
-  c = mnist_cpu.get_config()
-  splits = data.load(c.dataset, c.image_size)
-  ev = evaluation.make_evaluator(generator.ResNetGenerator(c.image_size, 1, c.nz, c.ngf),
-                                 splits, 10, jax.random.key(0), 1000,
-                                 train_lib.cache_dir(c), c.dataset)
-  real = splits["train"].images[:1000].astype(np.float32) / 127.5 - 1.0
+class Judge:
+  """Domain-FID (the default run's embedder and test statistics) and legibility (its
+  judges, :func:`prism_jax.metrics.legibility`) of real digits, degraded ones, and the
+  exported model of a run (1,000 samples, z fixed)."""
 
-  def fid(x):
-    return metrics.fid(ev.real_emb, ev.embedder.embed(np.asarray(x, np.float32))[0])
+  def __init__(self):
+    import jax
+    from experiments.configs import mnist_cpu
+    from prism_jax import data, evaluation, generator, train as train_lib
+    c = mnist_cpu.get_config()
+    self.splits = data.load(c.dataset, c.image_size)
+    self.ev = evaluation.make_evaluator(
+        generator.ResNetGenerator(c.image_size, 1, c.nz, c.ngf), self.splits, 10,
+        jax.random.key(0), 1000, train_lib.cache_dir(c), c.dataset, legibility=True)
+    self.z = jax.random.normal(jax.random.key(0), (1000, c.nz))
 
-  out = {"real training digits": fid(real)}
-  for s in (0.5, 0.75, 1.0, 1.5):
-    out[f"Gaussian blur sigma {s} px"] = fid(
-        np.stack([ndimage.gaussian_filter(im, (s, s, 0)) for im in real]))
-  out["half intensity (grey strokes)"] = fid((real + 1.0) * 0.5 - 1.0)
-  out["strokes thickened (2x2 dilation)"] = fid(
-      np.stack([ndimage.grey_dilation(im, size=(2, 2, 1)) for im in real]))
-  return out
+  def __call__(self, images) -> dict[str, float]:
+    from prism_jax import metrics
+    fid = metrics.fid(self.ev.real_emb, self.ev.embedder.embed(images)[0])
+    legible = metrics.legibility(*(j.embed(images)[1] for j in self.ev.judges))
+    return {"fid": fid, "legibility": legible}
+
+  def run(self, workdir: str, key: str) -> dict[str, float]:
+    from prism_jax import export
+    g = export.load_generator(os.path.join(workdir, key, "model.npz"))
+    return self(np.concatenate([np.asarray(g(self.z[i:i + 500])) for i in (0, 500)]))
+
+  def degraded_real(self) -> dict[str, dict[str, float]]:
+    """What the two metrics punish, on 1,000 training digits."""
+    from prism_jax import embedders
+    real = self.splits["train"].images[:1000]
+    out = {"real training digits": self(real)}
+    for s in (0.5, 0.75, 1.0, 1.5):
+      out[f"Gaussian blur sigma {s} px"] = self(embedders.gaussian_blur(real, s))
+    out["half intensity (grey strokes)"] = self(real // 2)
+    thick = real.copy()
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):         # 2x2 dilation
+      thick[:, dy:, dx:] = np.maximum(thick[:, dy:, dx:], real[:, :32 - dy, :32 - dx])
+    out["strokes thickened (2x2 dilation)"] = self(thick)
+    erased = real.copy()
+    erased[:, :, 16:] = 0
+    out["right half erased (broken shapes)"] = self(erased)
+    return out
 
 
 def figure(workdir: str, panels: list[tuple[str, str]], path: str, cols: int = 3) -> None:
@@ -141,15 +176,20 @@ def main() -> None:
   p.add_argument("--workdir", default="runs/loss_choice")
   p.add_argument("--out", default="benchmarks/loss_choice")
   args = p.parse_args()
-  def row(key, label, s):
+  runs = {k: train(args.workdir, k, central_args(k)) for k in VARIANTS}
+  runs.update({k: train(args.workdir, k, a) for k, (_, a) in FEDERATED.items()})
+  judge = Judge()
+
+  def row(key, label):
+    s = runs[key]
     return {"key": key, "label": label, **{m: s[f"domain_fid_{m}"] for m in MODES},
             "recall_fixed": s["domain_recall_fixed"],
+            "legibility": judge.run(args.workdir, key)["legibility"],
             "train_s": training_seconds(args.workdir, key)}
 
-  central = [row(k, label, train(args.workdir, k, central_args(k)))
-             for k, (label, _) in VARIANTS.items()]
-  federated = [row(k, label, train(args.workdir, k, a)) for k, (label, a) in FEDERATED.items()]
-  degraded = degraded_real()
+  central = [row(k, label) for k, (label, _) in VARIANTS.items()]
+  federated = [row(k, label) for k, (label, _) in FEDERATED.items()]
+  degraded = judge.degraded_real()
   with open(args.out + ".json", "w") as f:
     json.dump({"central": central, "federated": federated, "degraded_real": degraded}, f,
               indent=1)
@@ -157,12 +197,14 @@ def main() -> None:
   for title, rows in (("loss (central, 3 x 250 steps)", central),
                       ("the default command (federated, 5 rounds)", federated)):
     md += [f"| {title} | domain-FID fixed | resampled | threshold | recall (fixed) | "
-           "training s |", "|---|---|---|---|---|---|"]
+           "legibility (exported) | training s |", "|---|---|---|---|---|---|---|"]
     md += [f"| {r['label']} | {r['fixed']:.1f} | {r['resampled']:.1f} | {r['threshold']:.1f} "
-           f"| {r['recall_fixed']:.2f} | {r['train_s']:.0f} |" for r in rows]
+           f"| {r['recall_fixed']:.2f} | {r['legibility']:.2f} | {r['train_s']:.0f} |"
+           for r in rows]
     md.append("")
-  md += ["| real digits (1,000 training images) | domain-FID vs the test split |", "|---|---|"]
-  md += [f"| {k} | {v:.1f} |" for k, v in degraded.items()]
+  md += ["| real digits (1,000 training images) | domain-FID vs the test split | legibility |",
+         "|---|---|---|"]
+  md += [f"| {k} | {v['fid']:.1f} | {v['legibility']:.2f} |" for k, v in degraded.items()]
   with open(args.out + ".md", "w") as f:
     f.write("\n".join(md) + "\n")
   figure(args.workdir, [(k, VARIANTS[k][0].replace(" (`mnist_cpu.py:ot`)", "")) for k in SHOWN],

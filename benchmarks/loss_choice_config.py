@@ -9,6 +9,6 @@ def get_config():
   c = mnist_cpu.get_config()
   c.loss.kwargs = ml_collections.ConfigDict({
       "sinkhorn": {"eps": 0.05, "cost": "sq", "weight": 1.0},
-      "gaussian_mmd": {"weight": 0.0}, "marginal_w2": {"weight": 0.0},
-      "edge_w2": {"weight": 0.0}})
+      "gaussian_mmd": {"weight": 0.0, "bandwidths": (0.01, 0.03, 0.1, 0.3, 1.0)},
+      "marginal_w2": {"weight": 0.0}, "edge_w2": {"weight": 0.0}})
   return c

@@ -5,11 +5,14 @@
   it are reported as ``domain_fid`` etc., never as Inception FID.
 * ``inception`` -- InceptionV3 (pool3 features, 2048-d) from a weights file
   (:mod:`prism_jax.inception`); its FID is the paper's "FID".
+* ``legibility_judges`` -- two more classifiers of other architectures and seeds, trained
+  on the held-out split with blurred copies, for :func:`prism_jax.metrics.legibility`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -130,6 +133,64 @@ def domain(held_out_images: np.ndarray, held_out_labels: np.ndarray, num_classes
   model = DomainCNN(num_classes)
   params = cached_classifier(model, held_out_images, held_out_labels, cache_path, seed, epochs)
   return Embedder("domain", lambda p, x: model.apply({"params": p}, x), params)
+
+
+class JudgeMLP(nn.Module):
+  """pixels -> dense 512 -> dense 256 -> classes: a judge that shares no convolution with
+  :class:`DomainCNN`."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Dense(512)(x.reshape(x.shape[0], -1)))
+    emb = nn.relu(nn.Dense(256)(h))
+    return emb, nn.Dense(self.num_classes)(emb)
+
+
+def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+  """Separable Gaussian blur of uint8 images ``[N, H, W, C]`` (kernel radius ceil(3 sigma),
+  edges repeated); ``sigma`` 0 returns them unchanged."""
+  if sigma <= 0:
+    return images
+  r = int(np.ceil(3 * sigma))
+  w = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+  w /= w.sum()
+  x = images.astype(np.float32)
+  for axis in (1, 2):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    xp = np.pad(x, pad, mode="edge")
+    n = x.shape[axis]
+    x = sum(wi * np.take(xp, np.arange(i, i + n), axis=axis) for i, wi in enumerate(w))
+  return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+JUDGE_BLURS = (0.0, 1.0, 1.75)
+
+
+def legibility_judges(held_out_images: np.ndarray, held_out_labels: np.ndarray,
+                      num_classes: int, cache_dir: str | None = None, dataset: str = "",
+                      epochs: int = 4) -> tuple[Embedder, Embedder]:
+  """Two classifiers for :func:`prism_jax.metrics.legibility`: a :class:`DomainCNN` (seed
+  1) and a :class:`JudgeMLP` (seed 2), trained once (cached) on the held-out split with
+  every image also blurred by each sigma of :data:`JUDGE_BLURS` px. They read soft
+  strokes as well as crisp ones, unlike the domain embedder, so what they refuse is a
+  broken or ambiguous shape, not a soft edge. ``dataset`` names the cache files."""
+  images = np.concatenate([gaussian_blur(held_out_images, s) for s in JUDGE_BLURS])
+  labels = np.tile(held_out_labels, len(JUDGE_BLURS))
+  judges = []
+  for name, model, seed in (("judge_cnn", DomainCNN(num_classes), 1),
+                            ("judge_mlp", JudgeMLP(num_classes), 2)):
+    path = None if cache_dir is None else os.path.join(
+        cache_dir, f"{name}-{dataset}-{len(held_out_labels)}-{held_out_images.shape[1]}-"
+        f"e{epochs}.npz")
+    params = cached_classifier(model, images, labels, path, seed, epochs)
+    judges.append(Embedder(name, functools.partial(_apply, model), params))
+  return judges[0], judges[1]
+
+
+def _apply(model: nn.Module, params, x):
+  return model.apply({"params": params}, x)
 
 
 def inception(weights: str) -> Embedder:

@@ -74,6 +74,7 @@ class Evaluator:
   k: int = 5
   dense: bool = False   # the FedAvg baseline: ``scores`` are the trained dense weights
   modes: tuple[str, ...] = MODES
+  judges: tuple[embedders.Embedder, embedders.Embedder] | None = None   # legibility
 
   def __post_init__(self):
     bad = [m for m in self.modes if m not in MODES]
@@ -92,11 +93,15 @@ class Evaluator:
     out = {"fid": metrics.fid(self.real_emb, emb), **metrics.prdc(self.real_emb, emb, self.k)}
     if logits is not None:
       out["is"] = metrics.inception_score(logits)
-    return {f"{p}_{k}_{mode}": v for k, v in out.items()}
+    out = {f"{p}_{k}_{mode}": v for k, v in out.items()}
+    if self.judges:
+      out[f"legibility_{mode}"] = metrics.legibility(
+          *(judge.embed(fake, self.batch_size)[1] for judge in self.judges))
+    return out
 
   def __call__(self, weights, scores) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """``({"<embedder>_fid_<mode>", ..._precision/recall/density/coverage, ..._is}, images
-    by mode)`` for every mode of :attr:`modes`."""
+    """``({"<embedder>_fid_<mode>", ..._precision/recall/density/coverage, ..._is,
+    "legibility_<mode>"}, images by mode)`` for every mode of :attr:`modes`."""
     out, images = {}, {}
     for mode in self.modes:
       images[mode] = self.samples(weights, scores, mode)
@@ -108,16 +113,18 @@ def make_evaluator(model, splits, num_classes: int, key: jax.Array, num_samples:
                    cache_dir: str, dataset: str, inception_weights: str | None = None,
                    domain_epochs: int = 3, domain_train_examples: int | None = None,
                    dense: bool = False, mask_key: jax.Array | None = None,
-                   modes: tuple[str, ...] = MODES) -> Evaluator:
-  """Builds the embedder (Inception from a file, else the offline domain classifier) and
-  the real test-split embeddings (cached). ``z`` comes from ``key``; the masks from
-  ``mask_key`` (pass the export key so that ``fixed`` is the exported model)."""
+                   modes: tuple[str, ...] = MODES, legibility: bool = False) -> Evaluator:
+  """Builds the embedder (Inception from a file, else the offline domain classifier), the
+  real test-split embeddings (cached) and, with ``legibility``, the two judges of
+  :func:`metrics.legibility` (trained on the held-out split, cached). ``z`` comes from
+  ``key``; the masks from ``mask_key`` (pass the export key so that ``fixed`` is the
+  exported model)."""
   size = model.image_size
+  valid = splits["valid"]
+  n = min(domain_train_examples or len(valid.labels), len(valid.labels))
   if inception_weights:
     emb = embedders.inception(inception_weights)
   else:
-    valid = splits["valid"]
-    n = min(domain_train_examples or len(valid.labels), len(valid.labels))
     path = os.path.join(cache_dir, f"domain-{dataset}-{size}-{n}-e{domain_epochs}.npz")
     emb = embedders.domain(valid.images[:n], valid.labels[:n], num_classes, path,
                            epochs=domain_epochs)
@@ -129,5 +136,7 @@ def make_evaluator(model, splits, num_classes: int, key: jax.Array, num_samples:
                           lambda a: len(a["emb"]) == len(real))["emb"]
   k_z, k_mask = jax.random.split(key)
   z = jax.random.normal(k_z, (num_samples, model.nz))
+  judges = (embedders.legibility_judges(valid.images[:n], valid.labels[:n], num_classes,
+                                        cache_dir, dataset) if legibility else None)
   return Evaluator(model, emb, real_emb, z, k_mask if mask_key is None else mask_key,
-                   dense=dense, modes=tuple(modes))
+                   dense=dense, modes=tuple(modes), judges=judges)

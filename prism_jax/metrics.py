@@ -1,4 +1,5 @@
-"""Sample-quality metrics on embeddings: FID, precision / recall / density / coverage, IS.
+"""Sample-quality metrics on embeddings: FID, precision / recall / density / coverage, IS;
+and legibility from two classifiers' logits.
 
 All take embeddings ``[N, D]`` from a pluggable embedder (:mod:`prism_jax.embedders`); the
 name of a reported FID says which embedder produced it (Inception-FID is "fid"; the offline
@@ -79,3 +80,16 @@ def inception_score(logits, splits: int = 1) -> float:
     kl = jnp.sum(jnp.exp(part) * (part - p_y), axis=1)
     scores.append(float(jnp.exp(jnp.mean(kl))))
   return float(np.mean(scores))
+
+
+def legibility(logits_a, logits_b, confidence: float = 0.9) -> float:
+  """Fraction of samples that two independently trained classifiers (logits ``[N,
+  classes]``) both put in the same class, each with probability >= ``confidence``: a
+  sample a reader would call a clear instance of some class. Unlike FID it ignores how the
+  samples spread over classes and, with judges trained on blurred copies
+  (:func:`prism_jax.embedders.legibility_judges`), how soft their edges are."""
+  pa = jax.nn.softmax(jnp.asarray(logits_a, jnp.float32), axis=-1)
+  pb = jax.nn.softmax(jnp.asarray(logits_b, jnp.float32), axis=-1)
+  agree = jnp.argmax(pa, -1) == jnp.argmax(pb, -1)
+  sure = (jnp.max(pa, -1) >= confidence) & (jnp.max(pb, -1) >= confidence)
+  return float(jnp.mean(agree & sure))

@@ -458,7 +458,8 @@ def make_evaluate(run: Run):
       run.prism.model, run.splits, data.info(config.dataset).num_classes, k_eval,
       ev.get("num_samples", 1000), cache_dir(config), config.dataset,
       ev.get("inception_weights"), ev.get("domain_epochs", 3), ev.get("domain_train_examples"),
-      dense=run.dense, mask_key=k_final, modes=tuple(ev.get("modes") or evaluation.MODES))
+      dense=run.dense, mask_key=k_final, modes=tuple(ev.get("modes") or evaluation.MODES),
+      legibility=ev.get("legibility", False))
 
   def evaluate(r: int, state) -> dict:
     with run.timed("eval"):

@@ -49,8 +49,9 @@ def test_vs_official_table_sets_the_ratios_beside_the_ceiling():
 
 
 def test_loss_choice_variants_build_the_losses_they_name():
-  """Every variant's flags set fields that exist, and the loss they configure is the named
-  weighted sum (zero-weight terms dropped)."""
+  """Every variant's flags set fields that exist, and a variant's loss is the weighted sum
+  of the terms its flags name (zero-weight terms dropped)."""
+  import ast
   import jax
   import numpy as np
   from benchmarks import loss_choice, loss_choice_config
@@ -58,17 +59,25 @@ def test_loss_choice_variants_build_the_losses_they_name():
   from prism_jax import losses
   x = jax.random.normal(jax.random.key(0), (8, 9))     # 3 x 3 images for edge_w2
   y = jax.random.normal(jax.random.key(1), (8, 9))
-  for key, (_, spec) in loss_choice.VARIANTS.items():
+  value = lambda v: v if v in ("sum", "sq", "l1") else ast.literal_eval(v)
+  for key, (label, flags) in loss_choice.VARIANTS.items():
     config = loss_choice_config.get_config()
-    for flag in loss_choice.flags(spec):
-      field, value = flag[len("--config."):].split("=")
-      overrides.override(config, field, value if field.endswith(("name", "cost")) else float(value))
-    if not spec:
-      assert config.loss.name == "gaussian_mmd"
+    for flag in flags:
+      field, v = flag[len("--config."):].split("=")
+      overrides.override(config, field, value(v))
+    if "Sinkhorn" not in label:
+      assert config.loss.name == "gaussian_mmd", key
       continue
     got = losses.get_loss(config.loss.name, **config.loss.kwargs).apply(x, y, ())[0]
-    mmd, cost, eps, marginal, edge = (*spec, 0.0)[:5]
-    want = (losses.sinkhorn_divergence(x, y, eps=eps, cost=cost)
-            + mmd * losses.gaussian_mmd(x, y) + marginal * losses.marginal_w2(x, y)
-            + edge * losses.edge_w2(x, y))
+    k = config.loss.kwargs
+    want = (losses.sinkhorn_divergence(x, y, eps=k.sinkhorn.eps, cost=k.sinkhorn.cost)
+            + k.gaussian_mmd.weight * losses.gaussian_mmd(x, y, k.gaussian_mmd.bandwidths)
+            + k.marginal_w2.weight * losses.marginal_w2(x, y)
+            + k.edge_w2.weight * losses.edge_w2(x, y))
     np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=key)
+    # The label names what the flags set.
+    assert ("MMD" in label) == (k.gaussian_mmd.weight > 0), key
+    assert ("narrow" in label) == (tuple(k.gaussian_mmd.bandwidths) == (0.01, 0.03)), key
+    assert ("intensity" in label) == (k.marginal_w2.weight > 0), key
+    assert ("edge" in label) == (k.edge_w2.weight > 0), key
+    assert f"Sinkhorn {k.sinkhorn.eps:g}" in label.replace("eps ", ""), key

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from experiments.configs import mnist_cpu, paper
@@ -67,8 +69,13 @@ def test_command_line_override_of_a_missing_field_fails_with_the_explanation():
 def test_ot_variant_changes_only_the_loss_and_a_bad_variant_is_named():
   from prism_jax import losses
   default, ot = mnist_cpu.get_config(), mnist_cpu.get_config("ot")
-  assert ot.loss.name == "sum" and set(ot.loss.kwargs) == {"sinkhorn", "marginal_w2", "edge_w2"}
-  losses.get_loss(ot.loss.name, **ot.loss.kwargs)          # builds
+  assert ot.loss.name == "sum"
+  x = jax.random.normal(jax.random.key(0), (8, 16))        # 4 x 4 images for edge_w2
+  y = jax.random.normal(jax.random.key(1), (8, 16))
+  got = losses.get_loss(ot.loss.name, **ot.loss.kwargs).apply(x, y, ())[0]
+  want = (losses.sinkhorn_divergence(x, y, eps=0.01) + losses.marginal_w2(x, y)
+          + losses.edge_w2(x, y) + losses.gaussian_mmd(x, y, bandwidths=(0.01, 0.03)))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
   default.loss = ot.loss
   assert default.to_dict() == ot.to_dict()
   with pytest.raises(ValueError, match="unknown variant 'sinkhorn'; choose one of \\['ot'\\]"):

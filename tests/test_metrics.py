@@ -55,3 +55,16 @@ def test_inception_score_limits():
   confident = np.eye(10)[np.arange(1000) % 10] * 50.0       # sure and evenly spread
   assert metrics.inception_score(confident) == pytest.approx(10.0, rel=1e-3)
   assert metrics.inception_score(np.zeros((100, 10))) == pytest.approx(1.0)
+
+
+def test_legibility_counts_confident_agreement_only():
+  sure = lambda c: np.eye(10)[c] * 20.0          # probability ~1 for class c
+  unsure = np.zeros((1, 10))                        # probability 0.1 for every class
+  a = np.concatenate([sure([3, 5, 7]), unsure])
+  b = np.concatenate([sure([3, 5, 1]), sure([2])])
+  # sample 0, 1: both sure, same class; 2: both sure, classes differ; 3: one judge unsure.
+  assert metrics.legibility(a, b) == pytest.approx(0.5)
+  assert metrics.legibility(a, a) == pytest.approx(0.75)
+  two_way = np.log(np.array([[0.85, 0.15] + [1e-9] * 8]))  # sure enough at 0.8, not at 0.9
+  assert metrics.legibility(two_way, two_way, confidence=0.8) == 1.0
+  assert metrics.legibility(two_way, two_way, confidence=0.9) == 0.0

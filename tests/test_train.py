@@ -54,6 +54,7 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
     assert all(0 <= rows[-1][f"domain_{k}_{mode}"] <= 1
                for k in ("precision", "recall", "coverage"))
     assert rows[-1][f"domain_is_{mode}"] >= 1
+    assert 0 <= rows[-1][f"legibility_{mode}"] <= 1
     assert summary[f"domain_fid_{mode}"] == rows[-1][f"domain_fid_{mode}"]
   assert len({rows[-1][f"domain_fid_{m}"] for m in ("fixed", "resampled", "threshold")}) == 3
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -61,7 +62,7 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
   ea.Reload()
   tags = ea.Tags()
   assert {"train/loss", "train/mada_lambda", "train/bits_up", "eval/domain_fid_fixed",
-          "eval/domain_fid_resampled", "eval/domain_fid_threshold",
+          "eval/domain_fid_resampled", "eval/domain_fid_threshold", "eval/legibility_fixed",
           "mask/output", "mask/block0/conv1", "train/coded_bits_per_weight",
           "train/model_entropy_bits", "train/coded_bits_down",
           "train/coded_bits_total"} <= set(tags["scalars"])
