@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 
@@ -163,7 +164,7 @@ def figure(workdir: str, panels: list[tuple[str, str]], path: str, cols: int = 3
   for ax, (key, title) in zip(axes.flat, panels):
     ax.imshow(plt.imread(os.path.join(workdir, key, "samples.png")), cmap="gray", vmin=0,
               vmax=1)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 42), fontsize=9)
   for ax in axes.flat:
     ax.axis("off")
   fig.tight_layout()

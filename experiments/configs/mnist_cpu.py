@@ -105,7 +105,7 @@ def get_config(variant: str = ""):
       # protocol, the stochastic model theta); threshold: theta > 0.5.
       modes=("fixed", "resampled", "threshold"),
       # legibility: the share of samples two blur-tolerant classifiers both read as the
-      # same class with probability >= 0.9 (metrics.legibility; real test digits ~0.84).
+      # same class with probability >= 0.9 (metrics.legibility; real test digits ~0.8).
       legibility=True,
       domain_train_examples=ml_collections.config_dict.placeholder(int),   # None: all
       inception_weights=ml_collections.config_dict.placeholder(str)))
