@@ -583,7 +583,8 @@ def finish(run: Run, seconds_total: float) -> dict:
              "model_bytes": model_bytes, "dense_float32_bytes": communication.dense_bytes(n),
              "dp_noise_std": run.prism.local.dp_noise_std, **run.comm,
              **run.privacy(run.config.rounds)}
-  summary.update({k: v for k, v in rows[-1].items() if k.startswith(("domain_", "inception_"))}
+  summary.update({k: v for k, v in rows[-1].items()
+                  if k.startswith(("domain_", "inception_", "legibility_"))}
                  if rows else {})
   coded_rows = [row for row in rows if "coded_bits_per_weight" in row]
   if coded_rows:

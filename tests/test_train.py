@@ -55,6 +55,7 @@ def test_few_rounds_lower_the_loss_and_write_outputs(tmp_path):
                for k in ("precision", "recall", "coverage"))
     assert rows[-1][f"domain_is_{mode}"] >= 1
     assert 0 <= rows[-1][f"legibility_{mode}"] <= 1
+    assert summary[f"legibility_{mode}"] == rows[-1][f"legibility_{mode}"]
     assert summary[f"domain_fid_{mode}"] == rows[-1][f"domain_fid_{mode}"]
   assert len({rows[-1][f"domain_fid_{m}"] for m in ("fixed", "resampled", "threshold")}) == 3
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
