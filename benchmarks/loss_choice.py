@@ -37,9 +37,9 @@ def sum_loss(sinkhorn: dict | None = None, **terms) -> list[str]:
   return out
 
 
-def _ot(eps=0.01, mmd=0.0, **more) -> list[str]:
+def _ot(eps=0.01, mmd=0.0) -> list[str]:
   """Sinkhorn at ``eps`` + intensity W2 + edge W2 (+ the narrow-bandwidth MMD)."""
-  terms = {"marginal_w2": {"weight": 1.0}, "edge_w2": {"weight": 1.0}, **more}
+  terms = {"marginal_w2": {"weight": 1.0}, "edge_w2": {"weight": 1.0}}
   if mmd:
     terms["gaussian_mmd"] = {"weight": mmd, "bandwidths": NARROW}
   return sum_loss({"eps": eps}, **terms)
@@ -126,10 +126,8 @@ class Judge:
     self.z = jax.random.normal(jax.random.key(0), (1000, c.nz))
 
   def __call__(self, images) -> dict[str, float]:
-    from prism_jax import metrics
-    fid = metrics.fid(self.ev.real_emb, self.ev.embedder.embed(images)[0])
-    legible = metrics.legibility(*(j.embed(images)[1] for j in self.ev.judges))
-    return {"fid": fid, "legibility": legible}
+    m = self.ev.metrics(images, "fixed")
+    return {"fid": m["domain_fid_fixed"], "legibility": m["legibility_fixed"]}
 
   def run(self, workdir: str, key: str) -> dict[str, float]:
     from prism_jax import export

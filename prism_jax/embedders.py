@@ -101,15 +101,21 @@ def accuracy(embedder: Embedder, images, labels) -> float:
   return float(np.mean(np.argmax(logits, 1) == labels))
 
 
+def _apply(model: nn.Module, params, x):
+  return model.apply({"params": params}, x)
+
+
 def cached_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray,
-                      cache_path: str | None, seed: int = 0, epochs: int = 3):
+                      cache_path: str | None, seed: int = 0, epochs: int = 3,
+                      augment: Callable | None = None):
   """:func:`train_classifier`'s params, trained once and cached in ``cache_path``; a stale
-  cache (another architecture or number of classes) is retrained."""
-  def apply(params, x):
-    return model.apply({"params": params}, x)
+  cache (another architecture or number of classes) is retrained. ``augment(images,
+  labels) -> (images, labels)`` builds the training set, only when training is needed."""
+  apply = functools.partial(_apply, model)
 
   def train():
-    params = train_classifier(model, images, labels, seed, epochs)
+    data = augment(images, labels) if augment else (images, labels)
+    params = train_classifier(model, *data, seed, epochs)
     return {"/".join(k): np.asarray(v)
             for k, v in flax.traverse_util.flatten_dict(params).items()}
 
@@ -132,7 +138,7 @@ def domain(held_out_images: np.ndarray, held_out_labels: np.ndarray, num_classes
   """The offline domain embedder, trained once on the held-out split and cached."""
   model = DomainCNN(num_classes)
   params = cached_classifier(model, held_out_images, held_out_labels, cache_path, seed, epochs)
-  return Embedder("domain", lambda p, x: model.apply({"params": p}, x), params)
+  return Embedder("domain", functools.partial(_apply, model), params)
 
 
 class JudgeMLP(nn.Module):
@@ -176,21 +182,21 @@ def legibility_judges(held_out_images: np.ndarray, held_out_labels: np.ndarray,
   every image also blurred by each sigma of :data:`JUDGE_BLURS` px. They read soft
   strokes as well as crisp ones, unlike the domain embedder, so what they refuse is a
   broken or ambiguous shape, not a soft edge. ``dataset`` names the cache files."""
-  images = np.concatenate([gaussian_blur(held_out_images, s) for s in JUDGE_BLURS])
-  labels = np.tile(held_out_labels, len(JUDGE_BLURS))
+  @functools.cache     # blurred only on a cache miss, once for both judges
+  def blurred():
+    return (np.concatenate([gaussian_blur(held_out_images, s) for s in JUDGE_BLURS]),
+            np.tile(held_out_labels, len(JUDGE_BLURS)))
+
   judges = []
   for name, model, seed in (("judge_cnn", DomainCNN(num_classes), 1),
                             ("judge_mlp", JudgeMLP(num_classes), 2)):
     path = None if cache_dir is None else os.path.join(
         cache_dir, f"{name}-{dataset}-{len(held_out_labels)}-{held_out_images.shape[1]}-"
         f"e{epochs}.npz")
-    params = cached_classifier(model, images, labels, path, seed, epochs)
+    params = cached_classifier(model, held_out_images, held_out_labels, path, seed, epochs,
+                               augment=lambda *_: blurred())
     judges.append(Embedder(name, functools.partial(_apply, model), params))
   return judges[0], judges[1]
-
-
-def _apply(model: nn.Module, params, x):
-  return model.apply({"params": params}, x)
 
 
 def inception(weights: str) -> Embedder:
