@@ -91,8 +91,10 @@ class Deployment:
   def fingerprint(self) -> str:
     """Identifies the deployment across processes (the app may be re-created per message)."""
     p = self.prism
+    refine = p.refine and (p.refine.start, p.refine.reset_optimizer)
     desc = (p.model, p.local, p.server, p.method, p.alpha, p.num_clients, p.per_round,
-            p.objective.features.name, p.objective.uses_stats, p.objective.estimator, self.seed)
+            p.objective.features.name, p.objective.uses_stats, p.objective.estimator, refine,
+            self.seed)
     return hashlib.sha1(repr(desc).encode()).hexdigest()
 
   def keys(self):
@@ -214,7 +216,9 @@ class Node:
     state.update({GLOBAL: _arrays((scores, aux)), "round": held})
     k_clients = jax.random.wrap_key_data(np.asarray(cfg["client_key"], np.uint32))
     local = client.init_local_state(prism.objective, prism.local, dep.like)
-    if state.get(LOCAL_STATE) is not None:
+    restart = prism.refine is not None and prism.refine.restarts(state.get("trained", 0),
+                                                                    held + 1)
+    if state.get(LOCAL_STATE) is not None and not restart:
       local = _tree(state[LOCAL_STATE], local)
     rot = ()
     if prism.pbm is not None:   # the round's shared rotation
@@ -223,11 +227,11 @@ class Node:
     upload, local, metrics = cache["update"](
         scores, cache["weights"], images, jnp.int32(len(images)),
         jax.random.fold_in(k_clients, cid), feature_params=prism.objective.features.params,
-        real_stats=real_stats, local=local, rot=rot)
+        real_stats=real_stats, local=local, rot=rot, round_=jnp.int32(held + 1))
     jax.block_until_ready(upload)
     seconds = time.perf_counter() - t0
     if jax.tree.leaves(local):
-      state[LOCAL_STATE] = _arrays(local)
+      state.update({LOCAL_STATE: _arrays(local), "trained": held + 1})
     if prism.pbm is not None:   # one bit per rotated coordinate, incompressible: packed
       payload, probs, digest_ = np.packbits(np.asarray(upload)).tobytes(), [], ""
     else:

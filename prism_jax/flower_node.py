@@ -53,12 +53,14 @@ def client_app(train: Train):
                SCORES: c[SCORES].to_numpy_ndarrays() if SCORES in c else None}
     state = {GLOBAL: kept[GLOBAL].to_numpy_ndarrays() if GLOBAL in kept else None,
              "round": int(kept[DOWN]["round"]) if DOWN in kept else None,
+             "trained": int(kept[DOWN].get("trained", 0)) if DOWN in kept else 0,
              LOCAL_STATE: kept[LOCAL_STATE].to_numpy_ndarrays() if LOCAL_STATE in kept
              else None}
     reply, state = train(cid, content, state)
     if state.get(GLOBAL) is not None:
       kept[GLOBAL] = ArrayRecord(state[GLOBAL])
-      kept[DOWN] = ConfigRecord({"round": int(state["round"])})
+      kept[DOWN] = ConfigRecord({"round": int(state["round"]),
+                                 "trained": int(state.get("trained", 0))})
     if state.get(LOCAL_STATE) is not None:
       kept[LOCAL_STATE] = ArrayRecord(state[LOCAL_STATE])
     if UPLOAD not in reply:   # the node cannot apply its broadcasts: it asks for the scores

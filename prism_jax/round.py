@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from prism_jax import baselines, client, generator, masking, multihost, pbm, server
+from prism_jax import baselines, client, generator, losses, masking, multihost, pbm, server
 
 AXIS = "clients"
 
@@ -59,6 +59,35 @@ class ClientData:
 
 
 @dataclasses.dataclass(frozen=True)
+class Refine:
+  """A loss curriculum: from round ``start`` (1-based) on, clients train on ``loss`` instead
+  of the objective's. A transport loss draws whole digit shapes with soft strokes, and the
+  pixel Gaussian MMD then sharpens the strokes it starts from without breaking the shapes
+  (README, "Whole digits or sharp strokes"). Both losses must be stateless (their state
+  would otherwise change form mid-run). ``reset_optimizer``: the clients' carried optimizer
+  states restart at ``start`` (their moments were estimated on the other loss's gradients)."""
+  start: int
+  loss: Any                              # a losses.FeatureLoss (or a plain loss)
+  reset_optimizer: bool = True
+
+  def __post_init__(self):
+    object.__setattr__(self, "loss", losses.as_feature_loss(self.loss))
+    if self.start < 1:
+      raise ValueError(f"refine.start must be a round >= 1, got {self.start}")
+
+  def check(self, objective: client.Objective) -> None:
+    for name, loss in (("the objective's loss", objective.loss), ("refine.loss", self.loss)):
+      if loss.real != "batch" or jax.tree.leaves(jax.eval_shape(functools.partial(loss.init, 1))):
+        raise ValueError(f"refine needs stateless losses on real batches; {name} carries "
+                         "state or compares against statistics (e.g. gfmn)")
+
+  def restarts(self, last: int, round_: int) -> bool:
+    """Whether a client that last trained in round ``last`` drops its carried optimizer
+    state before training in round ``round_``."""
+    return self.reset_optimizer and last < self.start <= round_
+
+
+@dataclasses.dataclass(frozen=True)
 class Prism:
   """The algorithm's static description (everything that shapes the compiled round)."""
   objective: client.Objective
@@ -72,6 +101,7 @@ class Prism:
   method: str = "prism"                  # or a baseline: "fedpm" | "fedavg" (baselines.py)
   fedpm_reset: int | None = None         # FedPM prior reset period; None: ceil(1 / q)
   pbm: pbm.Mechanism | None = None       # DP by the Poisson binomial mechanism (pbm.py)
+  refine: Refine | None = None           # a second loss from a given round on
 
   def __post_init__(self):
     baselines.check_method(self.method)
@@ -98,9 +128,16 @@ class Prism:
       raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
     if self.num_clients < 1:
       raise ValueError(f"num_clients must be >= 1, got {self.num_clients}")
+    if self.refine is not None:
+      self.refine.check(self.objective)
     if not 1 <= self.per_round <= self.num_clients:
       raise ValueError(f"clients_per_round must lie in [1, num_clients={self.num_clients}], "
                        f"got {self.clients_per_round}")
+
+  def refined(self) -> "Prism":
+    """The algorithm of the refinement rounds: the objective on ``refine.loss``."""
+    return dataclasses.replace(
+        self, objective=dataclasses.replace(self.objective, loss=self.refine.loss), refine=None)
 
   @property
   def per_round(self) -> int:
@@ -264,20 +301,31 @@ def packed_masks(uploads) -> jax.Array:
 
 def client_update_fn(prism: Prism) -> Callable:
   """:func:`prism_jax.client.client_update` as ``prism`` runs it (the simulator's round and
-  a deployed client alike): PRISM-alpha's float layers, and with PBM the upload of the
-  update's bits under the round's rotation ``rot`` (:func:`pbm_rotation`)."""
+  a deployed client alike) in round ``round_`` (1-based): PRISM-alpha's float layers, with
+  PBM the upload of the update's bits under the round's rotation ``rot``
+  (:func:`pbm_rotation`), and from ``prism.refine.start`` on the refinement loss."""
   weights_shape = jax.eval_shape(lambda: generator.init_weights(prism.model, 0))
-  update = functools.partial(client.client_update, objective=prism.objective, cfg=prism.local,
-                             send_probs=prism.send_probs(weights_shape))
+  send_probs = prism.send_probs(weights_shape)
+
+  def update_fn(p: Prism):
+    return functools.partial(client.client_update, objective=p.objective, cfg=p.local,
+                             send_probs=send_probs)
+  update = update_fn(prism)
 
   def run(scores, weights, images, count, key, *, feature_params=None, real_stats=None,
-          local=client.LocalState(), rot=()):
+          local=client.LocalState(), rot=(), round_=1):
     upload = None
     if prism.pbm is not None:   # the bits of the update theta_k - theta (pbm.py)
       upload = lambda local_scores, k: pbm.client_upload(k, local_scores, scores, rot,  # noqa: E731
                                                           prism.pbm)
-    return update(scores, weights, images, count, key, feature_params=feature_params,
-                  real_stats=real_stats, local=local, upload=upload)
+    args = (scores, weights, images, count, key)
+    kw = dict(feature_params=feature_params, real_stats=real_stats, upload=upload)
+    if prism.refine is None:
+      return update(*args, local=local, **kw)
+    refined = update_fn(prism.refined())
+    # An unbatched predicate: a real branch under vmap, each round runs one loss.
+    return jax.lax.cond(round_ >= prism.refine.start, lambda: refined(*args, local=local, **kw),
+                        lambda: update(*args, local=local, **kw))
   return run
 
 
@@ -304,9 +352,9 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   update = client_update_fn(prism)
 
   def one_client(scores, shared, images, count, real_stats, local, key):
-    weights, feature_params, rot = shared
+    weights, feature_params, rot, round_ = shared
     return update(scores, weights, images, count, key, feature_params=feature_params,
-                  real_stats=real_stats, local=local, rot=rot)
+                  real_stats=real_stats, local=local, rot=rot, round_=round_)
 
   vmapped = jax.vmap(one_client, in_axes=(None, None, 0, 0, 0, 0, 0))
 
@@ -338,19 +386,25 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
     weights = generator.init_weights(prism.model, state.seed)
     idx, slot_weights = select_clients(k_select, prism.num_clients, prism.per_round, slots)
     everyone = prism.per_round == slots == prism.num_clients
-    per_client = (data.images, data.counts, data.real_stats, state.local_states)
+    before = state.local_states
+    if prism.refine is not None and prism.refine.reset_optimizer:   # every client, at start
+      restart = state.round + 1 == prism.refine.start   # (zeros: a client's initial state)
+      before = before.replace(opt=jax.tree.map(
+          lambda x: jnp.where(restart, jnp.zeros_like(x), x), before.opt))
+    per_client = (data.images, data.counts, data.real_stats, before)
     if not everyone:   # gather this round's clients (no gather when all take part in order)
       per_client = jax.tree.map(lambda x: x[idx], per_client)
     # A client's randomness depends on its id, not on its slot or the device count.
     client_keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(idx)
     rotation = round_rotation(prism, key)   # PBM: this round's rotation, shared with clients
     rot = () if rotation is None else pbm_rotation(rotation, state.scores)
-    uploads, local_states, cm = clients(state.scores, (weights, feature_params, rot),
+    shared = (weights, feature_params, rot, state.round + 1)
+    uploads, local_states, cm = clients(state.scores, shared,
                                         *per_client, client_keys)
     if not everyone:   # write back the participants' local states; padding slots are dropped
       target = jnp.where(slot_weights > 0, idx, prism.num_clients)
       local_states = jax.tree.map(lambda all_, new: all_.at[target].set(new, mode="drop"),
-                                  state.local_states, local_states)
+                                  before, local_states)
     w = slot_weights / jnp.sum(slot_weights)
     metrics = {name: jnp.dot(w, v) for name, v in cm.items()}
     new_state, server_metrics, bcast = server_step(prism, k_server, state, uploads,

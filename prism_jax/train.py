@@ -116,7 +116,19 @@ def build(config):
   return rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
                    config.num_clients, config.get("clients_per_round"),
                    config.get("prism_alpha", 0.0), config.get("client_chunk"), method=method,
-                   fedpm_reset=config.get("fedpm_reset"), pbm=pbm_mechanism(config, n))
+                   fedpm_reset=config.get("fedpm_reset"), pbm=pbm_mechanism(config, n),
+                   refine=refinement(config))
+
+
+def refinement(config) -> rnd.Refine | None:
+  """``config.refine``: from round ``start`` on, clients train on the loss ``name`` with
+  ``kwargs`` (None: one loss throughout)."""
+  rc = config.get("refine") or {}
+  if rc.get("start") is None:
+    return None
+  return rnd.Refine(rc["start"], losses.get_loss(rc.get("name", "gaussian_mmd"),
+                                                 **dict(rc.get("kwargs") or {})),
+                    rc.get("reset_optimizer", True))
 
 
 def cache_dir(config) -> str:
@@ -212,12 +224,18 @@ RESUMABLE = ("rounds", "sample_every", "checkpoint_every", "keep_checkpoints", "
              "cache_dir", "data_dir", "download")
 
 
+# Config fields added after runs were first saved, each with the test that a value keeps
+# the computation such a run did (a saved run without the field resumes if it passes).
+ADDED = {"refine": lambda v: (v or {}).get("start") is None}
+
+
 def _check_resume(config, workdir: str) -> None:
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   now = json.loads(json.dumps(config.to_dict()))
   diff = sorted(k for k in set(saved) | set(now)
-                if k not in RESUMABLE and saved.get(k) != now.get(k))
+                if k not in RESUMABLE and saved.get(k) != now.get(k)
+                and not (k not in saved and k in ADDED and ADDED[k](now.get(k))))
   if (now.get("dp") or {}).get("epsilon") is not None and saved.get("rounds") != now.get("rounds"):
     diff.append("rounds (the DP noise is calibrated to the number of rounds)")
   if diff:

@@ -21,8 +21,12 @@ def _setup(mechanism=""):
   if mechanism == "pbm":
     n = masking.num_weights(jax.eval_shape(lambda: generator.init_weights(model, 0)))
     mech = pbm.Mechanism.for_model(0.25, 0.05, n)
-  prism = rnd.Prism(objective, client.LocalConfig(local_steps=3, batch_size=4),
-                    num_clients=3, clients_per_round=2, pbm=mech)
+  # "refine": the loss changes at round 3 and carried optimizer states restart there, also
+  # on nodes that sit round 3 out.
+  refine = rnd.Refine(3, losses.energy_distance) if mechanism == "refine" else None
+  local = client.LocalConfig(local_steps=3, batch_size=4, carry_optimizer=refine is not None)
+  prism = rnd.Prism(objective, local, num_clients=3, clients_per_round=2, pbm=mech,
+                    refine=refine)
   dep = flower.Deployment(prism, seed=1, train_seed=2, rounds=3 if mech else 5)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (3, 12, 16, 16, 1)).astype(np.uint8)
@@ -77,6 +81,15 @@ def test_flower_pbm_run_matches_the_simulator(tmp_path):
   n = masking.num_weights(dep.like)
   assert all(r["coded_bits_per_weight"] == 8 * -(-pbm.padded_size(n) // 8) / n for r in rows)
   assert [r["dp_epsilon"] for r in rows] == sorted(r["dp_epsilon"] for r in rows)
+
+
+@pytest.mark.slow
+def test_flower_refined_run_matches_the_simulator(tmp_path):
+  """A loss curriculum with carried optimizer states over Flower: nodes switch the loss and
+  restart their optimizer states as the simulator's round does."""
+  dep, _ = _flower_matches_simulator(tmp_path, "refine")
+  plan = [dep.round_plan(r)[0] for r in range(dep.rounds)]
+  assert any(c not in plan[2] for c in plan[3]), "no node sat the switch round out"
 
 
 def test_sync_applies_missed_broadcasts_and_refuses_wrong_rounds():

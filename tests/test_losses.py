@@ -113,6 +113,21 @@ def test_edge_w2_compares_pixel_steps_and_refuses_non_square_features():
     losses.edge_w2(jnp.zeros((2, 6)), jnp.zeros((2, 6)))
 
 
+def test_strided_w2_compares_a_subsample_of_the_pooled_values():
+  real, fake = (jax.random.uniform(jax.random.key(i), (64, 256)) / (i + 1) for i in range(2))
+  flat = lambda x: x.reshape(-1)[::7]   # noqa: E731
+  np.testing.assert_allclose(losses.marginal_w2(real, fake, stride=7),
+                             jnp.mean(jnp.square(jnp.sort(flat(real)) - jnp.sort(flat(fake)))),
+                             rtol=1e-6)
+  # A subsample of the same histograms: close to the full comparison.
+  np.testing.assert_allclose(losses.marginal_w2(real, fake, stride=7),
+                             losses.marginal_w2(real, fake), rtol=0.05)
+  np.testing.assert_allclose(losses.edge_w2(real, fake, stride=13), losses.edge_w2(real, fake),
+                             rtol=0.05)
+  with pytest.raises(ValueError, match="stride must be >= 1, got 0"):
+    losses.marginal_w2(real, fake, stride=0)
+
+
 def test_weighted_sum_of_named_terms():
   fl = losses.get_loss("sum", sinkhorn={"eps": 0.05}, marginal_w2={"weight": 3.0})
   x = jax.random.normal(jax.random.key(0), (8, 5))

@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import os
 import subprocess
@@ -268,3 +269,39 @@ def test_carried_optimizer_state_lives_in_the_round_state(tiny_model):
     seen[np.asarray(idx)] += 1
     state, _ = step(state, _data(4), key)
     np.testing.assert_array_equal(counts(state), 2 * seen)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_refine_switches_the_loss_at_its_round(tiny_model, reset):
+  """With ``Refine(start=3, loss)`` rounds 1-2 equal a run on the objective's loss and
+  round 3 equals a run on ``loss`` from that state: optimizer counts restart at the switch
+  with ``reset_optimizer``, and carry over without it."""
+  local = client.LocalConfig(local_steps=2, batch_size=4, carry_optimizer=True)
+  plain = rnd.Prism(client.Objective(tiny_model, features.pixels, losses.gaussian_mmd), local,
+                    num_clients=4)
+  refine = rnd.Refine(3, losses.energy_distance, reset_optimizer=reset)
+  phased = dataclasses.replace(plain, refine=refine)
+  assert phased.refined().objective.loss == refine.loss
+  data, state = _data(4), rnd.init_state(tiny_model, 0, jax.random.key(0), prism=plain)
+  expect = got = state
+  step_plain, step_phased = rnd.make_round_step(plain), rnd.make_round_step(phased)
+  step_refined = rnd.make_round_step(phased.refined())
+  for r in range(4):
+    key = jax.random.key(r)
+    if r == 2 and reset:   # what the refinement's first round starts from
+      expect = expect.replace(local_states=rnd.init_state(
+          tiny_model, 0, jax.random.key(0), prism=plain).local_states)
+    expect, m_expect = (step_plain if r < 2 else step_refined)(expect, data, key)
+    got, m_got = step_phased(got, data, key)
+    chex.assert_trees_all_close(got.scores, expect.scores, atol=1e-6)
+    np.testing.assert_allclose(m_got["loss"], m_expect["loss"], rtol=1e-5)
+  counts = np.asarray(jax.tree.leaves(got.local_states.opt)[0])
+  np.testing.assert_array_equal(counts, 2 * 2 if reset else 2 * 4)
+
+
+def test_refine_refuses_stateful_losses(tiny_model):
+  gfmn = client.Objective(tiny_model, features.pixels, losses.gfmn_moment_matching())
+  with pytest.raises(ValueError, match="refine needs stateless losses.*objective's loss"):
+    rnd.Prism(gfmn, refine=rnd.Refine(2, losses.gaussian_mmd))
+  with pytest.raises(ValueError, match="refine.start must be a round >= 1"):
+    rnd.Refine(0, losses.gaussian_mmd)

@@ -281,3 +281,29 @@ def test_resume_refuses_new_rounds_when_dp_noise_was_calibrated(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
   config.rounds = 12                                     # without DP, more rounds resume
   train._check_resume(config, str(tmp_path))
+
+
+def test_runs_saved_before_a_field_existed_resume_while_it_is_off(tmp_path):
+  """A run saved before ``refine`` existed resumes with it off, and refuses it on."""
+  config = _tiny_config()
+  saved = config.to_dict()
+  del saved["refine"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  train._check_resume(config, str(tmp_path))
+  config.refine.start = 2
+  with pytest.raises(ValueError, match=r"differs in \['refine'\]"):
+    train._check_resume(config, str(tmp_path))
+
+
+def test_refine_config_builds_the_curriculum():
+  config = _tiny_config()
+  assert train.build(config).refine is None
+  config.refine.start, config.refine.name = 3, "energy_distance"
+  refine = train.build(config).refine
+  assert (refine.start, refine.reset_optimizer) == (3, True)
+  real, fake = (jax.random.normal(jax.random.key(i), (6, 10)) for i in range(2))
+  np.testing.assert_allclose(refine.loss.apply(real, fake, ())[0],
+                             losses.energy_distance(real, fake), rtol=1e-6)
+  config.refine.start = 0
+  with pytest.raises(ValueError, match="refine.start must be a round >= 1"):
+    train.build(config)

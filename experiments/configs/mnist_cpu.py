@@ -61,6 +61,11 @@ def get_config(variant: str = ""):
         "sinkhorn": {"eps": 0.01, "weight": 1.0}, "marginal_w2": {"weight": 1.0},
         "edge_w2": {"weight": 1.0},
         "gaussian_mmd": {"weight": 1.0, "bandwidths": (0.01, 0.03)}}})
+  # Loss curriculum: from round refine.start on, clients train on the loss refine.name
+  # (kwargs as loss.kwargs); their carried optimizer states restart there (None: one loss).
+  c.refine = ml_collections.ConfigDict(dict(
+      start=ml_collections.config_dict.placeholder(int), name="gaussian_mmd",
+      kwargs=ml_collections.ConfigDict(), reset_optimizer=True))
   c.cache_dir = ml_collections.config_dict.placeholder(str)  # real-feature stats cache
   c.local = ml_collections.ConfigDict(dict(
       # Paper / official: learning_rate 0.1, estimator "prob" (grad * theta).
