@@ -2,7 +2,8 @@
 losses, trained centrally (one client holding all 50k images, 3 rounds of 250 local steps,
 otherwise the default config), with domain-FID of the three views, legibility (the share of
 samples two blur-tolerant classifiers read as the same digit, ``metrics.legibility``) and
-the sample grids; the default command and its ``mnist_cpu.py:ot`` variant side by side; and
+the sample grids; the default command and its ``mnist_cpu.py:ot`` and ``:ot_mmd`` variants
+side by side, and ``:ot_mmd`` round by round over 15 rounds; and
 what both metrics give real digits that are blurred, greyed, thickened or cut in half.
 
   python -m benchmarks.loss_choice --workdir=runs/loss_choice      # ~60 min; resumable
@@ -85,7 +86,27 @@ FEDERATED = {"fed_mmd": ("default: Gaussian MMD", []),
              "fed_ot_edge": ("default with Sinkhorn 0.01 + intensity W2 + edge W2",
                              with_config(VARIANTS["sk01_m1_e1"][1])),
              "fed_ot": ("default with mnist_cpu.py:ot",
-                        ["--config=experiments/configs/mnist_cpu.py:ot"])}
+                        ["--config=experiments/configs/mnist_cpu.py:ot"]),
+             "fed_ot_mmd": ("mnist_cpu.py:ot_mmd: 3 rounds of :ot (histograms strided), then "
+                            "Gaussian MMD", ["--config=experiments/configs/mnist_cpu.py:ot_mmd"])}
+# The curriculum for longer: every round's evaluation (the first 5 rounds are fed_ot_mmd's).
+CURVE = ("fed_ot_mmd_r15", ["--config=experiments/configs/mnist_cpu.py:ot_mmd",
+                            "--config.rounds=15"])
+
+
+def curve_rows(workdir: str, key: str) -> list[dict]:
+  """Per round: cumulative training seconds, domain-FID of the three views, legibility of
+  the fixed mask (the evaluation's 1,000 samples)."""
+  with open(os.path.join(workdir, key, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  out, seconds = [], 0.0
+  for r in rows:
+    seconds += r.get("seconds") or 0.0
+    if r["round"] > 0 and "domain_fid_fixed" in r:
+      out.append({"round": r["round"], "train_s": seconds,
+                  **{m: r[f"domain_fid_{m}"] for m in MODES},
+                  "legibility": r["legibility_fixed"]})
+  return out
 
 
 def train(workdir: str, key: str, args: list[str]) -> dict:
@@ -188,10 +209,12 @@ def main() -> None:
 
   central = [row(k, label) for k, (label, _) in VARIANTS.items()]
   federated = [row(k, label) for k, (label, _) in FEDERATED.items()]
+  train(args.workdir, *CURVE)
+  curve = curve_rows(args.workdir, CURVE[0])
   degraded = judge.degraded_real()
   with open(args.out + ".json", "w") as f:
-    json.dump({"central": central, "federated": federated, "degraded_real": degraded}, f,
-              indent=1)
+    json.dump({"central": central, "federated": federated, "ot_mmd_curve": curve,
+               "degraded_real": degraded}, f, indent=1)
   md = []
   for title, rows in (("loss (central, 3 x 250 steps)", central),
                       ("the default command (federated, 5 rounds)", federated)):
@@ -201,6 +224,11 @@ def main() -> None:
            f"| {r['recall_fixed']:.2f} | {r['legibility']:.2f} | {r['train_s']:.0f} |"
            for r in rows]
     md.append("")
+  md += ["| `mnist_cpu.py:ot_mmd`, round | training s (cumulative) | domain-FID fixed | resampled "
+         "| threshold | legibility (fixed) |", "|---|---|---|---|---|---|"]
+  md += [f"| {r['round']} | {r['train_s']:.0f} | {r['fixed']:.1f} | {r['resampled']:.1f} | "
+         f"{r['threshold']:.1f} | {r['legibility']:.2f} |" for r in curve]
+  md.append("")
   md += ["| real digits (1,000 training images) | domain-FID vs the test split | legibility |",
          "|---|---|---|"]
   md += [f"| {k} | {v['fid']:.1f} | {v['legibility']:.2f} |" for k, v in degraded.items()]
@@ -208,8 +236,9 @@ def main() -> None:
     f.write("\n".join(md) + "\n")
   figure(args.workdir, [(k, VARIANTS[k][0].replace(" (`mnist_cpu.py:ot`)", "")) for k in SHOWN],
          os.path.join("results", "loss_choice_samples.png"))
-  figure(args.workdir, [(k, FEDERATED[k][0]) for k in ("fed_mmd", "fed_ot")],
-         os.path.join("results", "loss_choice_default_samples.png"), cols=2)
+  figure(args.workdir, [(k, FEDERATED[k][0]) for k in ("fed_mmd", "fed_ot", "fed_ot_mmd")]
+         + [(CURVE[0], "the same, 15 rounds")],
+         os.path.join("results", "loss_choice_default_samples.png"), cols=4)
   print("\n".join(md))
 
 

@@ -81,3 +81,16 @@ def test_loss_choice_variants_build_the_losses_they_name():
     assert ("intensity" in label) == (k.marginal_w2.weight > 0), key
     assert ("edge" in label) == (k.edge_w2.weight > 0), key
     assert f"Sinkhorn {k.sinkhorn.eps:g}" in label.replace("eps ", ""), key
+
+
+def test_loss_choice_curve_accumulates_training_seconds(tmp_path):
+  from benchmarks import loss_choice
+  rows = [{"round": 0, "domain_fid_fixed": 900.0}, {"round": 1, "seconds": 10.0},
+          {"round": 2, "seconds": 12.5}]
+  rows[2].update({f"domain_fid_{m}": i + 1.0 for i, m in enumerate(loss_choice.MODES)},
+                 legibility_fixed=0.25)
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  assert loss_choice.curve_rows(str(tmp_path), "run") == [
+      {"round": 2, "train_s": 22.5, "fixed": 1.0, "resampled": 2.0, "threshold": 3.0,
+       "legibility": 0.25}]

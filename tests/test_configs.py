@@ -78,5 +78,21 @@ def test_ot_variant_changes_only_the_loss_and_a_bad_variant_is_named():
   np.testing.assert_allclose(got, want, rtol=1e-5)
   default.loss = ot.loss
   assert default.to_dict() == ot.to_dict()
-  with pytest.raises(ValueError, match="unknown variant 'sinkhorn'; choose one of \\['ot'\\]"):
+  with pytest.raises(ValueError, match="unknown variant 'sinkhorn'; choose one of "
+                     "\\['ot', 'ot_mmd'\\]"):
     mnist_cpu.get_config("sinkhorn")
+
+
+def test_ot_mmd_variant_is_ot_with_strided_histograms_then_the_default_loss():
+  from prism_jax import losses
+  default, ot, ot_mmd = (mnist_cpu.get_config(v) for v in ("", "ot", "ot_mmd"))
+  x = jax.random.normal(jax.random.key(0), (8, 64))
+  y = jax.random.normal(jax.random.key(1), (8, 64))
+  got = losses.get_loss(ot_mmd.loss.name, **ot_mmd.loss.kwargs).apply(x, y, ())[0]
+  want = (losses.sinkhorn_divergence(x, y, eps=0.01) + losses.marginal_w2(x, y, stride=7)
+          + losses.edge_w2(x, y, stride=13) + losses.gaussian_mmd(x, y, bandwidths=(0.01, 0.03)))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert (ot_mmd.refine.start, ot_mmd.refine.name, ot_mmd.refine.reset_optimizer) == (
+      4, default.loss.name, True) and not ot_mmd.refine.kwargs
+  ot.loss, ot.refine = ot_mmd.loss, ot_mmd.refine
+  assert ot.to_dict() == ot_mmd.to_dict()
