@@ -175,7 +175,7 @@ def _entropic_ot(a: jax.Array, b: jax.Array, eps: float, iters: int, cost: str) 
 
 
 def sinkhorn_divergence(real_feats: jax.Array, fake_feats: jax.Array, eps: float = 0.01,
-                        iters: int = 100, cost: str = "sq", pool: int = 1) -> jax.Array:
+                        iters: int = 100, cost: str = "sq") -> jax.Array:
   """Debiased Sinkhorn divergence ``OT(x, y) - (OT(x, x) + OT(y, y)) / 2`` (Genevay et al.
   2018; Feydy et al. 2019) between the real and the generated batch.
 
@@ -183,10 +183,7 @@ def sinkhorn_divergence(real_feats: jax.Array, fake_feats: jax.Array, eps: float
   With a small ``eps`` each generated sample is pulled towards the few real samples it is
   matched with, not towards a kernel-weighted crowd of them as with a Gaussian MMD: on
   pixels it gives whole digit shapes where the MMD gives sharp fragments, at the price of
-  soft strokes (README, "Choosing the default"). ``cost``: ``"sq"`` or ``"l1"``. ``pool``:
-  features read as square single-channel images are averaged over ``pool x pool`` blocks
-  first, so that the transport matches coarse shapes: the average of the matched real
-  images is then a blurred shape, which a sharp generated one matches once blurred too.
+  soft strokes (README, "Choosing the default"). ``cost``: ``"sq"`` or ``"l1"``.
   """
   chex.assert_rank([real_feats, fake_feats], 2)
   chex.assert_equal_shape_suffix([real_feats, fake_feats], 1)
@@ -194,8 +191,6 @@ def sinkhorn_divergence(real_feats: jax.Array, fake_feats: jax.Array, eps: float
     raise ValueError(f"sinkhorn cost must be 'sq' or 'l1', got {cost!r}")
   if not eps > 0:
     raise ValueError(f"sinkhorn eps must be > 0, got {eps}")
-  if pool > 1:
-    real_feats, fake_feats = avg_pool(real_feats, pool), avg_pool(fake_feats, pool)
   ot = functools.partial(_entropic_ot, eps=eps, iters=iters, cost=cost)
   return (ot(real_feats, fake_feats)
           - 0.5 * (ot(real_feats, real_feats) + ot(fake_feats, fake_feats)))
@@ -232,15 +227,6 @@ def _square_images(feats: jax.Array, loss: str) -> jax.Array:
     raise ValueError(f"{loss} needs square single-channel images, got {feats.shape[1]} "
                      "features")
   return feats.reshape(-1, side, side)
-
-
-def avg_pool(feats: jax.Array, pool: int) -> jax.Array:
-  """Square single-channel images ``[B, side * side]`` averaged over ``pool x pool`` blocks."""
-  x = _square_images(feats, "pool")
-  b, side = x.shape[0], x.shape[1]
-  if side % pool:
-    raise ValueError(f"pool {pool} does not divide the image side {side}")
-  return x.reshape(b, side // pool, pool, side // pool, pool).mean((2, 4)).reshape(b, -1)
 
 
 def edge_w2(real_feats: jax.Array, fake_feats: jax.Array, stride: int = 1) -> jax.Array:

@@ -128,25 +128,6 @@ def test_strided_w2_compares_a_subsample_of_the_pooled_values():
     losses.marginal_w2(real, fake, stride=0)
 
 
-def test_pooled_sinkhorn_transports_block_averages():
-  x = jnp.arange(16.0).reshape(1, 16)                 # one 4 x 4 image
-  np.testing.assert_allclose(losses.avg_pool(x, 2), [[2.5, 4.5, 10.5, 12.5]])
-  real, fake = (jax.random.normal(jax.random.key(i), (6, 64)) for i in range(2))
-  pooled = lambda a: losses.avg_pool(a, 4)   # noqa: E731
-  np.testing.assert_allclose(losses.sinkhorn_divergence(real, fake, 0.05, pool=4),
-                             losses.sinkhorn_divergence(pooled(real), pooled(fake), 0.05),
-                             rtol=1e-5)
-  # Images alike within blocks' averages are the same to the pooled transport, however
-  # they differ pixel by pixel.
-  shape = jnp.kron(jnp.eye(2), jnp.ones((2, 2))).reshape(1, 16) * 2 - 1
-  other = shape + 0.5 * jnp.kron(jnp.ones((2, 2)), jnp.array([[1.0, -1], [-1, 1]])).reshape(1, 16)
-  np.testing.assert_allclose(losses.sinkhorn_divergence(shape, other, 0.05, pool=2), 0.0,
-                             atol=1e-6)
-  assert losses.sinkhorn_divergence(shape, other, 0.05) > 0.1
-  with pytest.raises(ValueError, match="pool 3 does not divide the image side 4"):
-    losses.avg_pool(x, 3)
-
-
 def test_weighted_sum_of_named_terms():
   fl = losses.get_loss("sum", sinkhorn={"eps": 0.05}, marginal_w2={"weight": 3.0})
   x = jax.random.normal(jax.random.key(0), (8, 5))
