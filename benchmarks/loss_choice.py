@@ -93,6 +93,10 @@ FEDERATED = {"fed_mmd": ("default: Gaussian MMD", []),
 CURVE = ("fed_ot_mmd_r15", ["--config=experiments/configs/mnist_cpu.py:ot_mmd",
                             "--config.rounds=15"])
 
+DEFAULT_PANELS = [("fed_mmd", "default: Gaussian MMD"), ("fed_ot", "mnist_cpu.py:ot"),
+                  ("fed_ot_mmd", "mnist_cpu.py:ot_mmd, 5 rounds"),
+                  (CURVE[0], "mnist_cpu.py:ot_mmd, 15 rounds")]
+
 
 def curve_rows(workdir: str, key: str) -> list[dict]:
   """Per round: cumulative training seconds, domain-FID of the three views, legibility of
@@ -236,9 +240,8 @@ def main() -> None:
     f.write("\n".join(md) + "\n")
   figure(args.workdir, [(k, VARIANTS[k][0].replace(" (`mnist_cpu.py:ot`)", "")) for k in SHOWN],
          os.path.join("results", "loss_choice_samples.png"))
-  figure(args.workdir, [(k, FEDERATED[k][0]) for k in ("fed_mmd", "fed_ot", "fed_ot_mmd")]
-         + [(CURVE[0], "the same, 15 rounds")],
-         os.path.join("results", "loss_choice_default_samples.png"), cols=4)
+  figure(args.workdir, DEFAULT_PANELS, os.path.join("results", "loss_choice_default_samples.png"),
+         cols=4)
   print("\n".join(md))
 
 

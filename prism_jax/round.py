@@ -77,7 +77,8 @@ class Refine:
 
   def check(self, objective: client.Objective) -> None:
     for name, loss in (("the objective's loss", objective.loss), ("refine.loss", self.loss)):
-      if loss.real != "batch" or jax.tree.leaves(jax.eval_shape(functools.partial(loss.init, 1))):
+      state = jax.eval_shape(functools.partial(loss.init, 1))
+      if loss.real != "batch" or jax.tree.leaves(state):
         raise ValueError(f"refine needs stateless losses on real batches; {name} carries "
                          "state or compares against statistics (e.g. gfmn)")
 
@@ -319,13 +320,13 @@ def client_update_fn(prism: Prism) -> Callable:
       upload = lambda local_scores, k: pbm.client_upload(k, local_scores, scores, rot,  # noqa: E731
                                                           prism.pbm)
     args = (scores, weights, images, count, key)
-    kw = dict(feature_params=feature_params, real_stats=real_stats, upload=upload)
+    kw = dict(feature_params=feature_params, real_stats=real_stats, local=local, upload=upload)
     if prism.refine is None:
-      return update(*args, local=local, **kw)
+      return update(*args, **kw)
     refined = update_fn(prism.refined())
     # An unbatched predicate: a real branch under vmap, each round runs one loss.
-    return jax.lax.cond(round_ >= prism.refine.start, lambda: refined(*args, local=local, **kw),
-                        lambda: update(*args, local=local, **kw))
+    return jax.lax.cond(round_ >= prism.refine.start, lambda: refined(*args, **kw),
+                        lambda: update(*args, **kw))
   return run
 
 
