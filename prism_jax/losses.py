@@ -211,22 +211,13 @@ def _sorted_w2(a: jax.Array, b: jax.Array, stride: int = 1) -> jax.Array:
   """Squared W2 between two equal-size samples on the line: the sorted values paired.
 
   With ``stride > 1`` only every ``stride``-th value of each enters, a subsample of the
-  same histogram at ``stride`` times less sorting (the sorts dominate a local step's cost);
+  same histogram at ``stride`` times less sorting (full sorts cost most of ``:ot``'s loss);
   a stride coprime to the image width takes different positions in every image of the
   batch, so no position goes unconstrained."""
   if stride < 1:
     raise ValueError(f"stride must be >= 1, got {stride}")
   a, b = a[::stride], b[::stride]
   return jnp.mean(jnp.square(jnp.sort(a) - jnp.sort(b)))
-
-
-def _square_images(feats: jax.Array, loss: str) -> jax.Array:
-  """``[B, side * side]`` features as ``[B, side, side]`` single-channel images."""
-  side = int(round(feats.shape[1] ** 0.5))
-  if side * side != feats.shape[1]:
-    raise ValueError(f"{loss} needs square single-channel images, got {feats.shape[1]} "
-                     "features")
-  return feats.reshape(-1, side, side)
 
 
 def edge_w2(real_feats: jax.Array, fake_feats: jax.Array, stride: int = 1) -> jax.Array:
@@ -236,8 +227,13 @@ def edge_w2(real_feats: jax.Array, fake_feats: jax.Array, stride: int = 1) -> ja
   :func:`marginal_w2`."""
   chex.assert_rank([real_feats, fake_feats], 2)
   chex.assert_equal_shape([real_feats, fake_feats])
+  side = int(round(real_feats.shape[1] ** 0.5))
+  if side * side != real_feats.shape[1]:
+    raise ValueError(f"edge_w2 needs square single-channel images, got {real_feats.shape[1]} "
+                     "features")
+
   def steps(x):
-    x = _square_images(x, "edge_w2")
+    x = x.reshape(-1, side, side)
     return jnp.concatenate([(x[:, 1:] - x[:, :-1]).reshape(-1),
                             (x[:, :, 1:] - x[:, :, :-1]).reshape(-1)])
 

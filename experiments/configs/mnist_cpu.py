@@ -65,14 +65,13 @@ def get_config(variant: str = ""):
         "sinkhorn": {"eps": 0.01, "weight": 1.0}, "marginal_w2": {"weight": 1.0},
         "edge_w2": {"weight": 1.0},
         "gaussian_mmd": {"weight": 1.0, "bandwidths": (0.01, 0.03)}}})
-  if variant == "ot_mmd":   # histograms subsampled (7x, 13x less sorting); MMD from round 4
-    c.loss.kwargs.marginal_w2.stride, c.loss.kwargs.edge_w2.stride = 7, 13
   # Loss curriculum: from round refine.start on, clients train on the loss refine.name
   # (kwargs as loss.kwargs); their carried optimizer states restart there (None: one loss).
   c.refine = ml_collections.ConfigDict(dict(
       start=ml_collections.config_dict.placeholder(int), name="gaussian_mmd",
       kwargs=ml_collections.ConfigDict(), reset_optimizer=True))
-  if variant == "ot_mmd":
+  if variant == "ot_mmd":   # histograms subsampled (7x, 13x less sorting); MMD from round 4
+    c.loss.kwargs.marginal_w2.stride, c.loss.kwargs.edge_w2.stride = 7, 13
     c.refine.start = 4
   c.cache_dir = ml_collections.config_dict.placeholder(str)  # real-feature stats cache
   c.local = ml_collections.ConfigDict(dict(
