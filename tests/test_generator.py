@@ -60,6 +60,26 @@ def test_matmul_conv_equals_xla_conv(ksize):
                               atol=1e-5)
 
 
+def test_subpixel_upsample_conv_equals_upsample_then_conv():
+  """The four-phase 2x2 convolution at low resolution is the 3x3 convolution of the x2
+  nearest-upsampled map, values and gradients (borders included: 5x7 keeps them apart)."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 3))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  up = jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+  ref = jax.lax.conv_general_dilated(up, k, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  out = generator.upsample_conv2d(x, k, "matmul")
+  chex.assert_shape(out, (2, 10, 14, 4))
+  chex.assert_trees_all_close(out, ref, atol=1e-5)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  grads = jax.grad(loss(lambda x, k: generator.upsample_conv2d(x, k, "matmul")), (0, 1))(x, k)
+  ref_grads = jax.grad(loss(lambda x, k: generator.conv2d(generator.upsample2x(x), k, "xla")),
+                       (0, 1))(x, k)
+  chex.assert_trees_all_close(grads, ref_grads, atol=1e-4)
+  with pytest.raises(ValueError, match="3x3"):
+    generator.upsample_conv2d(x, k[:1, :1], "matmul")
+
+
 def test_project_is_transposed_conv_on_1x1_input():
   z = jax.random.normal(jax.random.key(0), (3, 4))
   model = generator.Project(5, 4)
