@@ -1,11 +1,14 @@
 """What more training buys the default run: its config (``python -m experiments.train``)
 for ``--rounds`` rounds instead of 5, with quality after every round against cumulative
-training time, and the fixed-mask sample grids at a few rounds side by side.
+training time, and the fixed-mask sample grids at a few rounds side by side; ``--config``
+measures another config the same way.
 
   python -m benchmarks.default_quality --workdir=runs/default_quality --rounds=20   # ~25 min
+  python -m benchmarks.default_quality --config=experiments/configs/mnist_cpu.py:digits \
+      --rounds=8 --workdir=runs/digits_quality --name=digits_quality              # ~12 min
 
-The run resumes from its workdir if interrupted. Writes ``benchmarks/default_quality.{json,md}``
-and ``results/default_quality_samples.png``.
+The run resumes from its workdir if interrupted. Writes ``benchmarks/<name>.{json,md}`` and
+``results/<name>_samples.png`` (name: ``default_quality``).
 """
 from __future__ import annotations
 
@@ -20,16 +23,18 @@ import numpy as np
 MODES = ("fixed", "resampled", "threshold")
 
 
-def run(workdir: str, rounds: int) -> None:
-  """The default config for ``rounds`` rounds (resumed if the workdir holds a checkpoint)."""
+def run(workdir: str, rounds: int, config: str | None = None) -> None:
+  """The config (default: the default's) for ``rounds`` rounds (resumed if the workdir
+  holds a checkpoint)."""
   resume = ["--resume"] if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
-  subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
+  chosen = [f"--config={config}"] if config else []
+  subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *chosen,
                   f"--config.rounds={rounds}", *resume], check=True)
 
 
 def rows(workdir: str) -> list[dict]:
   """Per evaluated round: cumulative training seconds, domain-FID of the three views, mask
-  entropy."""
+  entropy, legibility of the fixed mask (None in runs from before it was logged)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     metrics = [json.loads(line) for line in f]
   out, seconds = [], 0.0
@@ -40,7 +45,8 @@ def rows(workdir: str) -> list[dict]:
                   **{f"fid_{k}": m[f"domain_fid_{k}"] for k in MODES},
                   "precision_fixed": m["domain_precision_fixed"],
                   "recall_fixed": m["domain_recall_fixed"],
-                  "mask_entropy_bits": m["mask_entropy_bits"]})
+                  "mask_entropy_bits": m["mask_entropy_bits"],
+                  "legibility_fixed": m.get("legibility_fixed")})
   return out
 
 
@@ -62,26 +68,31 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default="runs/default_quality")
   p.add_argument("--rounds", type=int, default=20)
+  p.add_argument("--config", default=None, help="config file[:variant] (default: the default)")
+  p.add_argument("--name", default="default_quality", help="report and figure file names")
   p.add_argument("--report_only", action="store_true")
-  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "default_quality"))
-  p.add_argument("--figure", default=os.path.join("results", "default_quality_samples.png"))
   args = p.parse_args()
+  out = os.path.join(os.path.dirname(__file__), args.name)
   if not args.report_only:
-    run(args.workdir, args.rounds)
+    run(args.workdir, args.rounds, args.config)
   table = rows(args.workdir)
   shown = sorted({5, args.rounds // 2, args.rounds} & {r["round"] for r in table})
-  grids_figure(args.workdir, shown, args.figure)
+  grids_figure(args.workdir, shown, os.path.join("results", f"{args.name}_samples.png"))
+  legible = any(r["legibility_fixed"] is not None for r in table)
   lines = ["| round | training s (cumulative) | domain-FID fixed | resampled | threshold | "
-           "precision / recall (fixed) | mask entropy (bit/weight) |",
-           "|---|---|---|---|---|---|---|"]
+           "precision / recall (fixed) | mask entropy (bit/weight) |"
+           + (" legibility (fixed) |" if legible else ""),
+           "|---|---|---|---|---|---|---|" + ("---|" if legible else "")]
   lines += [f"| {r['round']} | {r['train_s']:.0f} | {r['fid_fixed']:.1f} | "
             f"{r['fid_resampled']:.1f} | {r['fid_threshold']:.1f} | "
             f"{r['precision_fixed']:.2f} / {r['recall_fixed']:.2f} | "
-            f"{r['mask_entropy_bits']:.2f} |" for r in table]
+            f"{r['mask_entropy_bits']:.2f} |"
+            + (f" {r['legibility_fixed']:.2f} |" if legible else "") for r in table]
   print("\n".join(lines))
-  with open(args.out + ".json", "w") as f:
-    json.dump({"workdir": args.workdir, "rows": table, "grids": shown}, f, indent=1)
-  with open(args.out + ".md", "w") as f:
+  with open(out + ".json", "w") as f:
+    json.dump({"workdir": args.workdir, "config": args.config, "rows": table, "grids": shown},
+              f, indent=1)
+  with open(out + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
 
 

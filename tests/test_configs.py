@@ -79,7 +79,7 @@ def test_ot_variant_changes_only_the_loss_and_a_bad_variant_is_named():
   default.loss = ot.loss
   assert default.to_dict() == ot.to_dict()
   with pytest.raises(ValueError, match="unknown variant 'sinkhorn'; choose one of "
-                     "\\['ot', 'ot_mmd'\\]"):
+                     "\\['ot', 'ot_mmd', 'digits'\\]"):
     mnist_cpu.get_config("sinkhorn")
 
 
@@ -96,3 +96,11 @@ def test_ot_mmd_variant_is_ot_with_strided_histograms_then_the_default_loss():
       4, default.loss.name, True) and not ot_mmd.refine.kwargs
   ot.loss, ot.refine = ot_mmd.loss, ot_mmd.refine
   assert ot.to_dict() == ot_mmd.to_dict()
+
+
+def test_digits_variant_is_ot_mmd_in_fewer_longer_rounds():
+  ot_mmd, digits = mnist_cpu.get_config("ot_mmd"), mnist_cpu.get_config("digits")
+  assert (digits.local.local_steps, digits.refine.start, digits.rounds) == (200, 3, 8)
+  digits.local.local_steps, digits.refine.start, digits.rounds = (
+      ot_mmd.local.local_steps, ot_mmd.refine.start, ot_mmd.rounds)
+  assert digits.to_dict() == ot_mmd.to_dict()

@@ -22,11 +22,16 @@ than broken shapes (README, "Whole digits or sharp strokes").
 ``:ot_mmd`` is a loss curriculum (``config.refine``): three rounds on the transport loss
 (its histograms subsampled, at a fraction of the sorting) draw whole digit shapes, then the
 default's Gaussian MMD sharpens their strokes, with the clients' optimizer states restarted.
+
+``:digits`` is that curriculum in fewer, longer rounds (each aggregation of two sampled masks
+loses part of the clients' progress): 200 local steps, two rounds of transport, six of MMD.
+It reaches both domain-FID <= 30 and the transport loss's legibility, in about 1.6x the
+default's training time (README, "Whole digits or sharp strokes").
 """
 import ml_collections
 
 
-VARIANTS = ("", "ot", "ot_mmd")
+VARIANTS = ("", "ot", "ot_mmd", "digits")
 
 
 def get_config(variant: str = ""):
@@ -60,7 +65,7 @@ def get_config(variant: str = ""):
   c.features = "pixels"                      # or "vgg19" (weights file in features_kwargs)
   c.features_kwargs = ml_collections.ConfigDict()
   c.loss = ml_collections.ConfigDict({"name": "gaussian_mmd", "kwargs": {}})
-  if variant in ("ot", "ot_mmd"):            # loss.name "sum": weighted named terms
+  if variant in ("ot", "ot_mmd", "digits"):  # loss.name "sum": weighted named terms
     c.loss = ml_collections.ConfigDict({"name": "sum", "kwargs": {
         "sinkhorn": {"eps": 0.01, "weight": 1.0}, "marginal_w2": {"weight": 1.0},
         "edge_w2": {"weight": 1.0},
@@ -70,9 +75,9 @@ def get_config(variant: str = ""):
   c.refine = ml_collections.ConfigDict(dict(
       start=ml_collections.config_dict.placeholder(int), name="gaussian_mmd",
       kwargs=ml_collections.ConfigDict(), reset_optimizer=True))
-  if variant == "ot_mmd":   # histograms subsampled (7x, 13x less sorting); MMD from round 4
+  if variant in ("ot_mmd", "digits"):   # histograms subsampled (7x, 13x less sorting)
     c.loss.kwargs.marginal_w2.stride, c.loss.kwargs.edge_w2.stride = 7, 13
-    c.refine.start = 4
+    c.refine.start = 4                     # MMD from round 4 (digits: from round 3)
   c.cache_dir = ml_collections.config_dict.placeholder(str)  # real-feature stats cache
   c.local = ml_collections.ConfigDict(dict(
       # Paper / official: learning_rate 0.1, estimator "prob" (grad * theta).
@@ -105,6 +110,8 @@ def get_config(variant: str = ""):
   c.coding = ml_collections.ConfigDict(dict(enabled=True, floor=1e-3))
   # Run.
   c.rounds = 5
+  if variant == "digits":   # fewer, longer rounds: 2 of transport, 6 of MMD, 200 steps each
+    c.local.local_steps, c.refine.start, c.rounds = 200, 3, 8
   c.train_seed = 0
   c.num_samples = 64
   c.sample_every = 1
