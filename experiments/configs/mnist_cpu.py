@@ -29,7 +29,7 @@ the Gaussian MMD on bandwidths 0.03, 0.1 and 0.3 only. Once the samples are whol
 the kernels narrower than the distance between two digits pull each sample onto the real
 digits nearest to it, while the widest kernel (1.0), which weighs all real digits about
 alike, would mostly match pixel statistics, which fragments meet as well. It reaches both
-domain-FID <= 30 and the transport loss's legibility, in about 1.8x the default's training
+domain-FID <= 30 and the transport loss's legibility, in about 2x the default's training
 time (README, "Whole digits or sharp strokes").
 """
 import ml_collections
