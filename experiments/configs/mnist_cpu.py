@@ -114,9 +114,10 @@ def get_config(variant: str = ""):
   c.coding = ml_collections.ConfigDict(dict(enabled=True, floor=1e-3))
   # Run.
   c.rounds = 5
-  if variant == "digits":   # fewer, longer rounds: 2 of transport, 5 of MMD, 200 steps each;
-    c.local.local_steps, c.refine.start, c.rounds = 200, 3, 7   # the MMD without its widest
-    c.refine.kwargs = ml_collections.ConfigDict({"bandwidths": (0.03, 0.1, 0.3)})   # kernel
+  if variant == "digits":   # fewer, longer rounds: 2 of transport, then 5 of the Gaussian
+    # MMD without its widest kernel, 200 local steps each
+    c.local.local_steps, c.refine.start, c.rounds = 200, 3, 7
+    c.refine.kwargs = ml_collections.ConfigDict({"bandwidths": (0.03, 0.1, 0.3)})
   c.train_seed = 0
   c.num_samples = 64
   c.sample_every = 1
