@@ -91,7 +91,7 @@ class Deployment:
   def fingerprint(self) -> str:
     """Identifies the deployment across processes (the app may be re-created per message)."""
     p = self.prism
-    refine = p.refine and (p.refine.start, p.refine.reset_optimizer)
+    refine = p.refine and (p.refine.start, p.refine.reset_optimizer, p.refine.local_steps)
     desc = (p.model, p.local, p.server, p.method, p.alpha, p.num_clients, p.per_round,
             p.objective.features.name, p.objective.uses_stats, p.objective.estimator, refine,
             self.seed)

@@ -149,33 +149,38 @@ def _l1_dists(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(jnp.abs(a[:, None] - b[None]), -1)
 
 
-def _entropic_ot(a: jax.Array, b: jax.Array, eps: float, iters: int, cost: str) -> jax.Array:
-  """Entropic optimal transport ``OT_eps`` between two uniform batches (log-domain Sinkhorn).
+def _entropic_ot(a: jax.Array, b: jax.Array, eps: float, iters: int, cost: str,
+                 unroll: int | bool = 1) -> jax.Array:
+  """Entropic optimal transport ``OT_eps`` between uniform batches (log-domain Sinkhorn).
 
-  The cost is the squared (``"sq"``) or absolute (``"l1"``) difference, averaged over
+  ``a: [..., n, D]``, ``b: [..., m, D]``: leading axes are independent problems solved in one
+  loop. The cost is the squared (``"sq"``) or absolute (``"l1"``) difference, averaged over
   features. The value is the dual objective at the potentials reached; its gradient is the
   envelope theorem's ``sum_ij P_ij grad C_ij`` with the plan ``P`` held constant, so no
   gradient flows through the iterations.
   """
-  c_ab = (_sq_dists(a, b) if cost == "sq" else _l1_dists(a, b)) / a.shape[1]
-  log_wa, log_wb = -jnp.log(a.shape[0]), -jnp.log(b.shape[0])
+  dists = _sq_dists if cost == "sq" else _l1_dists
+  c_ab = jnp.vectorize(dists, signature="(n,d),(m,d)->(n,m)")(a, b) / a.shape[-1]
+  log_wa, log_wb = -jnp.log(a.shape[-2]), -jnp.log(b.shape[-2])
   c = jax.lax.stop_gradient(c_ab)
 
   def body(_, fg):
     f, g = fg
-    f = -eps * jax.nn.logsumexp(log_wb + (g[None, :] - c) / eps, axis=1)
-    g = -eps * jax.nn.logsumexp(log_wa + (f[:, None] - c) / eps, axis=0)
+    f = -eps * jax.nn.logsumexp(log_wb + (g[..., None, :] - c) / eps, axis=-1)
+    g = -eps * jax.nn.logsumexp(log_wa + (f[..., :, None] - c) / eps, axis=-2)
     return f, g
 
   # Potentials start from the cost so that they carry its sharding / vmap axis types.
-  f, g = jax.lax.fori_loop(0, iters, body, (jnp.zeros_like(c[:, 0]), jnp.zeros_like(c[0])))
-  plan = jnp.exp(log_wa + log_wb + (f[:, None] + g[None, :] - c) / eps)
-  surrogate = jnp.sum(plan * c_ab)
-  return jnp.mean(f) + jnp.mean(g) + surrogate - jax.lax.stop_gradient(surrogate)
+  f, g = jax.lax.fori_loop(0, iters, body,
+                           (jnp.zeros_like(c[..., 0]), jnp.zeros_like(c[..., 0, :])), unroll=unroll)
+  plan = jnp.exp(log_wa + log_wb + (f[..., :, None] + g[..., None, :] - c) / eps)
+  surrogate = jnp.sum(plan * c_ab, (-2, -1))
+  return (jnp.mean(f, -1) + jnp.mean(g, -1) + surrogate - jax.lax.stop_gradient(surrogate))
 
 
 def sinkhorn_divergence(real_feats: jax.Array, fake_feats: jax.Array, eps: float = 0.01,
-                        iters: int = 100, cost: str = "sq") -> jax.Array:
+                        iters: int = 100, cost: str = "sq", unroll: int | bool = True
+                        ) -> jax.Array:
   """Debiased Sinkhorn divergence ``OT(x, y) - (OT(x, x) + OT(y, y)) / 2`` (Genevay et al.
   2018; Feydy et al. 2019) between the real and the generated batch.
 
@@ -184,6 +189,11 @@ def sinkhorn_divergence(real_feats: jax.Array, fake_feats: jax.Array, eps: float
   matched with, not towards a kernel-weighted crowd of them as with a Gaussian MMD: on
   pixels it gives whole digit shapes where the MMD gives sharp fragments, at the price of
   soft strokes (README, "Choosing the default"). ``cost``: ``"sq"`` or ``"l1"``.
+
+  The three transport problems run in one loop, unrolled by default (``unroll``, as
+  ``lax.fori_loop`` takes it): XLA:CPU runs a loop nested in the local steps' ``lax.scan``
+  slowly, and unrolled the default's transport step costs 0.59 s instead of 0.86 s
+  (``benchmarks.loss_step_cost``).
   """
   chex.assert_rank([real_feats, fake_feats], 2)
   chex.assert_equal_shape_suffix([real_feats, fake_feats], 1)
@@ -191,9 +201,14 @@ def sinkhorn_divergence(real_feats: jax.Array, fake_feats: jax.Array, eps: float
     raise ValueError(f"sinkhorn cost must be 'sq' or 'l1', got {cost!r}")
   if not eps > 0:
     raise ValueError(f"sinkhorn eps must be > 0, got {eps}")
-  ot = functools.partial(_entropic_ot, eps=eps, iters=iters, cost=cost)
-  return (ot(real_feats, fake_feats)
-          - 0.5 * (ot(real_feats, real_feats) + ot(fake_feats, fake_feats)))
+  ot = functools.partial(_entropic_ot, eps=eps, iters=iters, cost=cost, unroll=unroll)
+  if real_feats.shape != fake_feats.shape:   # three problems of different sizes
+    return (ot(real_feats, fake_feats)
+            - 0.5 * (ot(real_feats, real_feats) + ot(fake_feats, fake_feats)))
+  # The three problems in one loop: a third of the iterations' fixed costs.
+  xy_xx_yy = ot(jnp.stack([real_feats, real_feats, fake_feats]),
+                jnp.stack([fake_feats, real_feats, fake_feats]))
+  return xy_xx_yy[0] - 0.5 * (xy_xx_yy[1] + xy_xx_yy[2])
 
 
 def marginal_w2(real_feats: jax.Array, fake_feats: jax.Array, stride: int = 1) -> jax.Array:

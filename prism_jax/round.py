@@ -65,15 +65,19 @@ class Refine:
   pixel Gaussian MMD then sharpens the strokes it starts from without breaking the shapes
   (README, "Whole digits or sharp strokes"). Both losses must be stateless (their state
   would otherwise change form mid-run). ``reset_optimizer``: the clients' carried optimizer
-  states restart at ``start`` (their moments were estimated on the other loss's gradients)."""
+  states restart at ``start`` (their moments were estimated on the other loss's gradients).
+  ``local_steps``: the refinement rounds' local steps (None: the first loss's)."""
   start: int
   loss: Any                              # a losses.FeatureLoss (or a plain loss)
   reset_optimizer: bool = True
+  local_steps: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "loss", losses.as_feature_loss(self.loss))
     if self.start < 1:
       raise ValueError(f"refine.start must be a round >= 1, got {self.start}")
+    if self.local_steps is not None and self.local_steps < 1:
+      raise ValueError(f"refine.local_steps must be >= 1, got {self.local_steps}")
 
   def check(self, objective: client.Objective) -> None:
     for name, loss in (("the objective's loss", objective.loss), ("refine.loss", self.loss)):
@@ -136,9 +140,12 @@ class Prism:
                        f"got {self.clients_per_round}")
 
   def refined(self) -> "Prism":
-    """The algorithm of the refinement rounds: the objective on ``refine.loss``."""
+    """The algorithm of the refinement rounds: the objective on ``refine.loss``, for
+    ``refine.local_steps`` local steps when set."""
+    steps = self.refine.local_steps or self.local.local_steps
     return dataclasses.replace(
-        self, objective=dataclasses.replace(self.objective, loss=self.refine.loss), refine=None)
+        self, objective=dataclasses.replace(self.objective, loss=self.refine.loss),
+        local=dataclasses.replace(self.local, local_steps=steps), refine=None)
 
   @property
   def per_round(self) -> int:

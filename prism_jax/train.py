@@ -122,13 +122,13 @@ def build(config):
 
 def refinement(config) -> rnd.Refine | None:
   """``config.refine``: from round ``start`` on, clients train on the loss ``name`` with
-  ``kwargs`` (None: one loss throughout)."""
+  ``kwargs``, for ``local_steps`` local steps when set (None: one loss throughout)."""
   rc = config.get("refine") or {}
   if rc.get("start") is None:
     return None
   return rnd.Refine(rc["start"], losses.get_loss(rc.get("name", "gaussian_mmd"),
                                                  **dict(rc.get("kwargs") or {})),
-                    rc.get("reset_optimizer", True))
+                    rc.get("reset_optimizer", True), rc.get("local_steps"))
 
 
 def cache_dir(config) -> str:
@@ -224,18 +224,35 @@ RESUMABLE = ("rounds", "sample_every", "checkpoint_every", "keep_checkpoints", "
              "cache_dir", "data_dir", "download")
 
 
-# Config fields added after runs were first saved, each with the test that a value keeps
-# the computation such a run did (a saved run without the field resumes if it passes).
-ADDED = {"refine": lambda v: (v or {}).get("start") is None}
+# Config fields (dotted paths) added after runs were first saved, each with the test that a
+# value keeps the computation such a run did (a saved run without the field resumes if it
+# passes).
+ADDED = {"refine": lambda v: (v or {}).get("start") is None,
+         "refine.local_steps": lambda v: v is None}
+
+
+def _without_added(saved: dict, now: dict) -> dict:
+  """``now`` without the :data:`ADDED` fields that ``saved`` lacks and that keep its run."""
+  now = json.loads(json.dumps(now))
+  for path, keeps in ADDED.items():
+    *parents, leaf = path.split(".")
+    s, n = saved, now
+    for p in parents:
+      s, n = s.get(p), n.get(p)
+      if not (isinstance(s, dict) and isinstance(n, dict)):
+        break
+    else:
+      if leaf not in s and leaf in n and keeps(n[leaf]):
+        del n[leaf]
+  return now
 
 
 def _check_resume(config, workdir: str) -> None:
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
-  now = json.loads(json.dumps(config.to_dict()))
+  now = _without_added(saved, config.to_dict())
   diff = sorted(k for k in set(saved) | set(now)
-                if k not in RESUMABLE and saved.get(k) != now.get(k)
-                and not (k not in saved and k in ADDED and ADDED[k](now.get(k))))
+                if k not in RESUMABLE and saved.get(k) != now.get(k))
   if (now.get("dp") or {}).get("epsilon") is not None and saved.get("rounds") != now.get("rounds"):
     diff.append("rounds (the DP noise is calibrated to the number of rounds)")
   if diff:

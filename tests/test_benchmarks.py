@@ -94,3 +94,35 @@ def test_loss_choice_curve_accumulates_training_seconds(tmp_path):
   assert loss_choice.curve_rows(str(tmp_path), "run") == [
       {"round": 2, "train_s": 22.5, "fixed": 1.0, "resampled": 2.0, "threshold": 3.0,
        "legibility": 0.25}]
+
+
+def test_loss_step_cost_cases_compute_the_terms_they_name():
+  """Each single-term case's loss is that term of ``:digits``'s transport loss alone, the
+  transport cases (unrolled or looped Sinkhorn) are their sum, no case refines to another
+  loss, and a typo is refused."""
+  import jax
+  import numpy as np
+  import pytest
+  from benchmarks import loss_step_cost
+  from prism_jax import losses
+  x = jax.random.normal(jax.random.key(0), (8, 16))     # 4 x 4 images for edge_w2
+  y = jax.random.normal(jax.random.key(1), (8, 16))
+  k = loss_step_cost.case_config("transport").loss.kwargs
+  alone = {}
+  for name in loss_step_cost.TERMS:
+    c = loss_step_cost.case_config(name)
+    assert c.refine.start is None, name
+    term = {a: v for a, v in k[name].items() if a != "weight"}
+    alone[name] = float(losses.LOSSES[name](x, y, **term))
+    got = float(losses.get_loss(c.loss.name, **c.loss.kwargs).apply(x, y, ())[0])
+    np.testing.assert_allclose(got, alone[name], rtol=1e-5, err_msg=name)
+  c = loss_step_cost.case_config("transport")
+  got = float(losses.get_loss(c.loss.name, **c.loss.kwargs).apply(x, y, ())[0])
+  np.testing.assert_allclose(got, sum(alone.values()), rtol=1e-5)
+  c = loss_step_cost.case_config("transport_loop")   # the same loss, its Sinkhorn in a loop
+  assert c.loss.kwargs.sinkhorn.unroll == 1 and "unroll" not in k.sinkhorn
+  looped = float(losses.get_loss(c.loss.name, **c.loss.kwargs).apply(x, y, ())[0])
+  np.testing.assert_allclose(looped, sum(alone.values()), rtol=1e-5)
+  assert loss_step_cost.case_config("mmd").loss.name == "gaussian_mmd"
+  with pytest.raises(ValueError, match="unknown case 'sinkhron'"):
+    loss_step_cost.case_config("sinkhron")

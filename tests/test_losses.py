@@ -82,6 +82,19 @@ def test_sinkhorn_gradient_is_the_values_derivative():
   np.testing.assert_allclose(g[2, 1], (loss(y + e) - loss(y - e)) / (2 * h), rtol=2e-2)
 
 
+def test_sinkhorn_solves_its_three_problems_in_one_loop_as_apart():
+  # Equal batch sizes stack OT(x, y), OT(x, x), OT(y, y) into one loop: the same values and
+  # gradient as the three problems solved apart, unrolled or not.
+  x = jax.random.normal(jax.random.key(0), (6, 3))
+  y = jax.random.normal(jax.random.key(1), (6, 3)) + 0.5
+  ot = lambda a, b: losses._entropic_ot(a, b, eps=0.1, iters=50, cost="sq")  # noqa: E731
+  apart = lambda y: ot(x, y) - 0.5 * (ot(x, x) + ot(y, y))  # noqa: E731
+  for unroll in (1, True):
+    loss = lambda y: losses.sinkhorn_divergence(x, y, eps=0.1, iters=50, unroll=unroll)  # noqa: E731
+    np.testing.assert_allclose(loss(y), apart(y), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(loss)(y), jax.grad(apart)(y), rtol=1e-4, atol=1e-7)
+
+
 def test_sinkhorn_l1_cost_and_bad_parameters():
   # The same assignment with the absolute cost: mean matched cost |0.2|, gradient 0.5 * sign.
   x, y = jnp.array([[0.0], [1.0]]), jnp.array([[0.2], [1.2]])

@@ -299,6 +299,30 @@ def test_refine_switches_the_loss_at_its_round(tiny_model, reset):
   np.testing.assert_array_equal(counts, 2 * 2 if reset else 2 * 4)
 
 
+def test_refine_local_steps_sets_the_refinement_rounds_steps(tiny_model):
+  """``Refine(local_steps=3)``: the first loss's rounds take 2 local steps, the refinement's
+  3 (the carried optimizer's step count says how many ran), and a refinement round equals
+  one of the refined algorithm."""
+  local = client.LocalConfig(local_steps=2, batch_size=4, carry_optimizer=True)
+  plain = rnd.Prism(client.Objective(tiny_model, features.pixels, losses.gaussian_mmd), local,
+                    num_clients=4)
+  phased = dataclasses.replace(plain, refine=rnd.Refine(
+      2, losses.energy_distance, reset_optimizer=False, local_steps=3))
+  assert phased.refined().local.local_steps == 3
+  data, state = _data(4), rnd.init_state(tiny_model, 0, jax.random.key(0), prism=plain)
+  step = rnd.make_round_step(phased)
+  state, _ = step(state, data, jax.random.key(0))
+  counts = lambda s: np.asarray(jax.tree.leaves(s.local_states.opt)[0])  # noqa: E731
+  np.testing.assert_array_equal(counts(state), 2)
+  expect, m_expect = rnd.make_round_step(phased.refined())(state, data, jax.random.key(1))
+  state, m_got = step(state, data, jax.random.key(1))
+  np.testing.assert_array_equal(counts(state), 2 + 3)
+  chex.assert_trees_all_close(state.scores, expect.scores, atol=1e-6)
+  np.testing.assert_allclose(m_got["loss"], m_expect["loss"], rtol=1e-5)
+  with pytest.raises(ValueError, match="refine.local_steps must be >= 1, got 0"):
+    rnd.Refine(2, losses.gaussian_mmd, local_steps=0)
+
+
 def test_refine_refuses_stateful_losses(tiny_model):
   gfmn = client.Objective(tiny_model, features.pixels, losses.gfmn_moment_matching())
   with pytest.raises(ValueError, match="refine needs stateless losses.*objective's loss"):

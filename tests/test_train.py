@@ -284,13 +284,22 @@ def test_resume_refuses_new_rounds_when_dp_noise_was_calibrated(tmp_path):
 
 
 def test_runs_saved_before_a_field_existed_resume_while_it_is_off(tmp_path):
-  """A run saved before ``refine`` existed resumes with it off, and refuses it on."""
+  """A run saved before ``refine`` (or ``refine.local_steps``) existed resumes with it off,
+  and refuses it on."""
   config = _tiny_config()
   saved = config.to_dict()
   del saved["refine"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   train._check_resume(config, str(tmp_path))
   config.refine.start = 2
+  with pytest.raises(ValueError, match=r"differs in \['refine'\]"):
+    train._check_resume(config, str(tmp_path))
+  # A curriculum saved before refine.local_steps existed resumes with it unset.
+  saved = config.to_dict()
+  del saved["refine"]["local_steps"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  train._check_resume(config, str(tmp_path))
+  config.refine.local_steps = 5
   with pytest.raises(ValueError, match=r"differs in \['refine'\]"):
     train._check_resume(config, str(tmp_path))
 
@@ -300,7 +309,7 @@ def test_refine_config_builds_the_curriculum():
   assert train.build(config).refine is None
   config.refine.start, config.refine.name = 3, "energy_distance"
   refine = train.build(config).refine
-  assert (refine.start, refine.reset_optimizer) == (3, True)
+  assert (refine.start, refine.reset_optimizer, refine.local_steps) == (3, True, None)
   real, fake = (jax.random.normal(jax.random.key(i), (6, 10)) for i in range(2))
   np.testing.assert_allclose(refine.loss.apply(real, fake, ())[0],
                              losses.energy_distance(real, fake), rtol=1e-6)

@@ -75,10 +75,12 @@ def get_config(variant: str = ""):
         "edge_w2": {"weight": 1.0},
         "gaussian_mmd": {"weight": 1.0, "bandwidths": (0.01, 0.03)}}})
   # Loss curriculum: from round refine.start on, clients train on the loss refine.name
-  # (kwargs as loss.kwargs); their carried optimizer states restart there (None: one loss).
+  # (kwargs as loss.kwargs) for refine.local_steps steps (None: local.local_steps); their
+  # carried optimizer states restart there (start None: one loss).
   c.refine = ml_collections.ConfigDict(dict(
       start=ml_collections.config_dict.placeholder(int), name="gaussian_mmd",
-      kwargs=ml_collections.ConfigDict(), reset_optimizer=True))
+      kwargs=ml_collections.ConfigDict(), reset_optimizer=True,
+      local_steps=ml_collections.config_dict.placeholder(int)))
   if variant in ("ot_mmd", "digits"):   # histograms subsampled (7x, 13x less sorting)
     c.loss.kwargs.marginal_w2.stride, c.loss.kwargs.edge_w2.stride = 7, 13
     c.refine.start = 4                     # MMD from round 4 (digits: from round 3)
