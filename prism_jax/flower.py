@@ -175,8 +175,8 @@ class Node:
     self.dep, self.load_data, self.compilation_cache = dep, load_data, compilation_cache
 
   def prepare(self, cid: int) -> dict:
-    """Client ``cid``'s data, frozen weights and compiled update, loaded once per process
-    and deployment (Flower may rebuild the app for every message)."""
+    """Client ``cid``'s data, frozen weights and compiled updates (:meth:`update`), loaded
+    once per process and deployment (Flower may rebuild the app for every message)."""
     cache = _NODE_CACHE.setdefault((self.dep.fingerprint, cid), {})
     if not cache:
       if self.compilation_cache and not jax.config.jax_compilation_cache_dir:
@@ -184,8 +184,16 @@ class Node:
       images, real_stats = self.load_data(cid)
       cache.update(data=(jnp.asarray(images), real_stats),
                    weights=generator.init_weights(self.dep.prism.model, self.dep.seed),
-                   update=jax.jit(rnd.client_update_fn(self.dep.prism)))
+                   update={})
     return cache
+
+  def update(self, cid: int, round_: int) -> Callable:
+    """Client ``cid``'s compiled update for round ``round_`` (one per curriculum phase)."""
+    prism, updates = self.dep.prism, self.prepare(cid)["update"]
+    refining = prism.refining(round_)
+    if refining not in updates:
+      updates[refining] = jax.jit(rnd.client_update_fn(prism, round_))
+    return updates[refining]
 
   def train(self, cid: int, content: dict, state: dict) -> tuple[dict, dict]:
     """One round of client ``cid``: ``content`` is the server's message (``config``;
@@ -224,10 +232,10 @@ class Node:
     if prism.pbm is not None:   # the round's shared rotation
       rot = rnd.pbm_rotation(jnp.asarray(np.asarray(cfg["rotation"], np.uint32)), scores)
     t0 = time.perf_counter()
-    upload, local, metrics = cache["update"](
+    upload, local, metrics = self.update(cid, held + 1)(
         scores, cache["weights"], images, jnp.int32(len(images)),
         jax.random.fold_in(k_clients, cid), feature_params=prism.objective.features.params,
-        real_stats=real_stats, local=local, rot=rot, round_=jnp.int32(held + 1))
+        real_stats=real_stats, local=local, rot=rot)
     jax.block_until_ready(upload)
     seconds = time.perf_counter() - t0
     if jax.tree.leaves(local):

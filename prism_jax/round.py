@@ -139,6 +139,15 @@ class Prism:
       raise ValueError(f"clients_per_round must lie in [1, num_clients={self.num_clients}], "
                        f"got {self.clients_per_round}")
 
+  def refining(self, round_: int) -> bool:
+    """Whether round ``round_`` (1-based) is one of the curriculum's refinement rounds."""
+    return self.refine is not None and round_ >= self.refine.start
+
+  def phase(self, round_: int) -> "Prism":
+    """The algorithm the clients run in round ``round_`` (1-based): :meth:`refined` from
+    ``refine.start`` on, otherwise this one."""
+    return self.refined() if self.refining(round_) else self
+
   def refined(self) -> "Prism":
     """The algorithm of the refinement rounds: the objective on ``refine.loss``, for
     ``refine.local_steps`` local steps when set."""
@@ -307,33 +316,27 @@ def packed_masks(uploads) -> jax.Array:
   return jnp.packbits(jnp.concatenate(bits, axis=1), axis=1)
 
 
-def client_update_fn(prism: Prism) -> Callable:
+def client_update_fn(prism: Prism, round_: int = 1) -> Callable:
   """:func:`prism_jax.client.client_update` as ``prism`` runs it (the simulator's round and
   a deployed client alike) in round ``round_`` (1-based): PRISM-alpha's float layers, with
   PBM the upload of the update's bits under the round's rotation ``rot``
-  (:func:`pbm_rotation`), and from ``prism.refine.start`` on the refinement loss."""
+  (:func:`pbm_rotation`), and from ``prism.refine.start`` on the refinement loss. The
+  host knows the round, so each phase of a curriculum is its own function (and compiled
+  executable) rather than a branch inside one."""
   weights_shape = jax.eval_shape(lambda: generator.init_weights(prism.model, 0))
   send_probs = prism.send_probs(weights_shape)
-
-  def update_fn(p: Prism):
-    return functools.partial(client.client_update, objective=p.objective, cfg=p.local,
+  p = prism.phase(round_)
+  update = functools.partial(client.client_update, objective=p.objective, cfg=p.local,
                              send_probs=send_probs)
-  update = update_fn(prism)
 
   def run(scores, weights, images, count, key, *, feature_params=None, real_stats=None,
-          local=client.LocalState(), rot=(), round_=1):
+          local=client.LocalState(), rot=()):
     upload = None
     if prism.pbm is not None:   # the bits of the update theta_k - theta (pbm.py)
       upload = lambda local_scores, k: pbm.client_upload(k, local_scores, scores, rot,  # noqa: E731
                                                           prism.pbm)
-    args = (scores, weights, images, count, key)
-    kw = dict(feature_params=feature_params, real_stats=real_stats, local=local, upload=upload)
-    if prism.refine is None:
-      return update(*args, **kw)
-    refined = update_fn(prism.refined())
-    # An unbatched predicate: a real branch under vmap, each round runs one loss.
-    return jax.lax.cond(round_ >= prism.refine.start, lambda: refined(*args, **kw),
-                        lambda: update(*args, **kw))
+    return update(scores, weights, images, count, key, feature_params=feature_params,
+                  real_stats=real_stats, local=local, upload=upload)
   return run
 
 
@@ -357,33 +360,39 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   mesh = client_mesh() if mesh is None else mesh
   per_slot_group = mesh.size * (prism.client_chunk or 1)
   slots = math.ceil(prism.per_round / per_slot_group) * per_slot_group
-  update = client_update_fn(prism)
 
-  def one_client(scores, shared, images, count, real_stats, local, key):
-    weights, feature_params, rot, round_ = shared
-    return update(scores, weights, images, count, key, feature_params=feature_params,
-                  real_stats=real_stats, local=local, rot=rot, round_=round_)
+  def phase_clients(refining: bool):
+    """The shard-mapped clients of one curriculum phase."""
+    update = client_update_fn(prism, prism.refine.start if refining else 1)
 
-  vmapped = jax.vmap(one_client, in_axes=(None, None, 0, 0, 0, 0, 0))
+    def one_client(scores, shared, images, count, real_stats, local, key):
+      weights, feature_params, rot = shared
+      return update(scores, weights, images, count, key, feature_params=feature_params,
+                    real_stats=real_stats, local=local, rot=rot)
+    vmapped = jax.vmap(one_client, in_axes=(None, None, 0, 0, 0, 0, 0))
 
-  def device_clients(scores, shared, *per_client):
-    """This device's clients: all at once, or ``client_chunk`` at a time (``lax.map``), which
-    bounds memory by the chunk instead of the number of clients."""
-    n, chunk = per_client[0].shape[0], prism.client_chunk
-    # Each client's local scan starts from the global scores and ends with its own: mark them
-    # as varying over the mesh so the scan's carry keeps one type (carried optimizer states).
-    scores = jax.tree.map(lambda x: jax.lax.pcast(x, AXIS, to="varying"), scores)
-    if not chunk or chunk >= n:
-      return vmapped(scores, shared, *per_client)
-    split = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), per_client)
-    out = jax.lax.map(lambda xs: vmapped(scores, shared, *xs), split)
-    return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
+    def device_clients(scores, shared, *per_client):
+      """This device's clients: all at once, or ``client_chunk`` at a time (``lax.map``),
+      which bounds memory by the chunk instead of the number of clients."""
+      n, chunk = per_client[0].shape[0], prism.client_chunk
+      # Each client's local scan starts from the global scores and ends with its own: mark
+      # them as varying over the mesh so the scan's carry keeps one type (carried optimizer
+      # states).
+      scores = jax.tree.map(lambda x: jax.lax.pcast(x, AXIS, to="varying"), scores)
+      if not chunk or chunk >= n:
+        return vmapped(scores, shared, *per_client)
+      split = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), per_client)
+      out = jax.lax.map(lambda xs: vmapped(scores, shared, *xs), split)
+      return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
 
-  clients = jax.shard_map(device_clients, mesh=mesh,
-                          in_specs=(P(), P()) + (P(AXIS),) * 5,
-                          out_specs=(P(AXIS), P(AXIS), P(AXIS)))
+    return jax.shard_map(device_clients, mesh=mesh, in_specs=(P(), P()) + (P(AXIS),) * 5,
+                         out_specs=(P(AXIS), P(AXIS), P(AXIS)))
+  clients = {False: phase_clients(False)}
+  if prism.refine is not None:
+    clients[True] = phase_clients(True)
 
-  def round_step(state: ServerState, data: ClientData, key: jax.Array, feature_params):
+  def round_step(state: ServerState, data: ClientData, key: jax.Array, feature_params,
+                 refining: bool = False):
     if data.num_clients != prism.num_clients:
       raise ValueError(f"client_data holds {data.num_clients} clients, the algorithm was "
                        f"built for {prism.num_clients}")
@@ -395,7 +404,7 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
     idx, slot_weights = select_clients(k_select, prism.num_clients, prism.per_round, slots)
     everyone = prism.per_round == slots == prism.num_clients
     before = state.local_states
-    if prism.refine is not None and prism.refine.reset_optimizer:   # every client, at start
+    if refining and prism.refine.reset_optimizer:   # every client, at the switch
       restart = state.round + 1 == prism.refine.start   # (zeros: a client's initial state)
       before = before.replace(opt=jax.tree.map(
           lambda x: jnp.where(restart, jnp.zeros_like(x), x), before.opt))
@@ -406,9 +415,8 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
     client_keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(idx)
     rotation = round_rotation(prism, key)   # PBM: this round's rotation, shared with clients
     rot = () if rotation is None else pbm_rotation(rotation, state.scores)
-    shared = (weights, feature_params, rot, state.round + 1)
-    uploads, local_states, cm = clients(state.scores, shared,
-                                        *per_client, client_keys)
+    uploads, local_states, cm = clients[refining](state.scores, (weights, feature_params, rot),
+                                                  *per_client, client_keys)
     if not everyone:   # write back the participants' local states; padding slots are dropped
       target = jnp.where(slot_weights > 0, idx, prism.num_clients)
       local_states = jax.tree.map(lambda all_, new: all_.at[target].set(new, mode="drop"),
@@ -428,17 +436,20 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
       out += ((packed_masks(uploads), jnp.where(slot_weights > 0, idx, -1), bcast),)
     return (new_state, *jax.lax.with_sharding_constraint(out, replicated))
 
-  jitted = jax.jit(round_step, donate_argnums=(0,) if donate else ())
+  jitted = jax.jit(round_step, static_argnums=(4,), donate_argnums=(0,) if donate else ())
   replicated = NamedSharding(mesh, P())
   feature_params = multihost.put(prism.objective.features.params, replicated)
 
   @functools.wraps(round_step)
   def step(state: ServerState, data: ClientData, key: jax.Array):
     # Placing the first input state as every output state is placed keeps all rounds on one
-    # compiled executable. The extractor's frozen weights are an argument, not a constant
-    # baked into the executable.
+    # compiled executable (a curriculum's two phases on two: the host reads the round to
+    # pick one, which waits for the previous round). The extractor's frozen weights are an
+    # argument, not a constant baked into the executable.
+    refining = prism.refine is not None and prism.refining(
+        int(multihost.to_host(state.round)) + 1)
     state = multihost.put(state, state_shardings(state, mesh, prism.num_clients))
-    return jitted(state, data, multihost.put(key, replicated), feature_params)
+    return jitted(state, data, multihost.put(key, replicated), feature_params, refining)
 
   step.jitted = jitted
   return step
