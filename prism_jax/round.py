@@ -16,6 +16,7 @@ number of devices, empty slots with aggregation weight 0 fill the last device.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -440,16 +441,25 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   replicated = NamedSharding(mesh, P())
   feature_params = multihost.put(prism.objective.features.params, replicated)
 
+  ahead = {}   # a curriculum's compiled phases (refining: executable)
+
   @functools.wraps(round_step)
   def step(state: ServerState, data: ClientData, key: jax.Array):
     # Placing the first input state as every output state is placed keeps all rounds on one
-    # compiled executable (a curriculum's two phases on two: the host reads the round to
-    # pick one, which waits for the previous round). The extractor's frozen weights are an
-    # argument, not a constant baked into the executable.
+    # compiled executable. The extractor's frozen weights are an argument, not a constant
+    # baked into the executable.
     refining = prism.refine is not None and prism.refining(
-        int(multihost.to_host(state.round)) + 1)
+        int(multihost.to_host(state.round)) + 1)   # (waits for the previous round)
     state = multihost.put(state, state_shardings(state, mesh, prism.num_clients))
-    return jitted(state, data, multihost.put(key, replicated), feature_params, refining)
+    args = (state, data, multihost.put(key, replicated), feature_params)
+    if prism.refine is None:
+      return jitted(*args)
+    if not ahead:   # a curriculum: the phases still to come compile at once, on host threads
+      lowered = {phase: jitted.lower(*args, phase) for phase in {refining, True}}
+      with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+        ahead.update(zip(lowered, pool.map(lambda low: low.compile(), lowered.values())))
+    return ahead[refining](*args)
 
+  step.executables = ahead
   step.jitted = jitted
   return step
