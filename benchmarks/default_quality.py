@@ -5,10 +5,12 @@ measures another config the same way (further ``--config.<field>=...`` flags pas
 
   python -m benchmarks.default_quality --workdir=runs/default_quality --rounds=20   # ~25 min
   python -m benchmarks.default_quality --config=experiments/configs/mnist_cpu.py:digits \
-      --rounds=7 --workdir=runs/digits_quality --name=digits_quality              # ~10 min
-  python -m benchmarks.default_quality --config=experiments/configs/mnist_cpu.py:digits \
-      --rounds=8 --workdir=runs/digits_all_bandwidths --name=digits_all_bandwidths \
-      "--config.refine.kwargs.bandwidths=(0.01,0.03,0.1,0.3,1.0)"                # ~11 min
+      --workdir=runs/digits_s31 --name=digits_s31 --rounds=6                    # ~11 min
+
+The earlier ``:digits`` reports (``digits_quality``, ``digits_phased``, 7 rounds;
+``digits_all_bandwidths``, 8 rounds, ``"--config.refine.kwargs.bandwidths=(0.01,0.03,0.1,
+0.3,1.0)"``) ran its 200-step schedule: ``--config.local.local_steps=200
+--config.refine.local_steps=200``.
 
 The run resumes from its workdir if interrupted. Writes ``benchmarks/<name>.{json,md}`` and
 ``results/<name>_samples.png`` (name: ``default_quality``).

@@ -100,9 +100,10 @@ def test_ot_mmd_variant_is_ot_with_strided_histograms_then_the_default_loss():
 
 def test_digits_variant_is_ot_mmd_in_fewer_longer_rounds():
   ot_mmd, digits = mnist_cpu.get_config("ot_mmd"), mnist_cpu.get_config("digits")
-  assert (digits.local.local_steps, digits.refine.start, digits.rounds) == (200, 3, 7)
+  assert (digits.local.local_steps, digits.refine.local_steps, digits.refine.start,
+          digits.rounds) == (150, 250, 3, 6)
   assert digits.refine.kwargs.to_dict() == {"bandwidths": (0.03, 0.1, 0.3)}
-  digits.local.local_steps, digits.refine.start, digits.rounds = (
-      ot_mmd.local.local_steps, ot_mmd.refine.start, ot_mmd.rounds)
+  digits.refine.local_steps, digits.refine.start, digits.rounds = (
+      ot_mmd.refine.local_steps, ot_mmd.refine.start, ot_mmd.rounds)
   digits.refine.kwargs = ot_mmd.refine.kwargs
   assert digits.to_dict() == ot_mmd.to_dict()
