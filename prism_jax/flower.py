@@ -121,7 +121,8 @@ class Deployment:
   @functools.cached_property
   def apply(self):
     """The jitted :func:`prism_jax.round.apply_broadcast` (the server's own rule)."""
-    return jax.jit(functools.partial(rnd.apply_broadcast, self.prism))
+    return jax.jit(functools.partial(rnd.apply_broadcast, self.prism),
+                   compiler_options=rnd.compiler_options())
 
 
 def digest(scores) -> str:
@@ -192,7 +193,8 @@ class Node:
     prism, updates = self.dep.prism, self.prepare(cid)["update"]
     refining = prism.refining(round_)
     if refining not in updates:
-      updates[refining] = jax.jit(rnd.client_update_fn(prism, round_))
+      updates[refining] = jax.jit(rnd.client_update_fn(prism, round_),
+                                  compiler_options=rnd.compiler_options())
     return updates[refining]
 
   def train(self, cid: int, content: dict, state: dict) -> tuple[dict, dict]:
@@ -373,7 +375,7 @@ class _Server:
     self.dep, self.options, self.out_path = dep, options, out_path
     self.n = dep.num_weights
     self.step = jax.jit(functools.partial(rnd.server_step, dep.prism),
-                        static_argnames="participants")
+                        static_argnames="participants", compiler_options=rnd.compiler_options())
     self.state, self.downlinks = dep.initial, _Downlinks(dep, self.n)
     self.next_round, self.participants = 0, []
     self.ckpt = None

@@ -65,7 +65,15 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.Array:
     raise ValueError(f"unknown conv impl {impl!r}; choose 'xla' or 'matmul'")
   kh, kw, cin, cout = kernel.shape
   h, w = x.shape[1:3]
-  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  pad = ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
+  if cout < cin:   # few outputs (the image layer): every tap's output first, then shifted
+    # sums; im2col's backward would be an outer product XLA fuses with, and recomputes, its
+    # producers
+    taps = x @ kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+    tp = jnp.pad(taps, pad)
+    return sum(tp[:, i:i + h, j:j + w, (i * kw + j) * cout:(i * kw + j + 1) * cout]
+               for i in range(kh) for j in range(kw))
+  xp = jnp.pad(x, pad)
   cols = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], -1)
   return cols @ kernel.reshape(kh * kw * cin, cout)
 

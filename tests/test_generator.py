@@ -52,12 +52,19 @@ def test_input_fan_matches_pytorch_convtranspose_fan_in():
   chex.assert_trees_all_equal(torch_fan["block0"], nz_fan["block0"])   # other layers as before
 
 
-@pytest.mark.parametrize("ksize", [1, 3])
-def test_matmul_conv_equals_xla_conv(ksize):
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
-  k = jax.random.normal(jax.random.key(1), (ksize, ksize, 5, 6))
-  chex.assert_trees_all_close(generator.conv2d(x, k, "matmul"), generator.conv2d(x, k, "xla"),
-                              atol=1e-5)
+@pytest.mark.parametrize("ksize,cout", [(1, 6), (3, 6), (3, 1), (3, 3)])
+def test_matmul_conv_equals_xla_conv(ksize, cout):
+  """im2col (cout >= cin) and per-tap outputs summed shifted (cout < cin, the image layer):
+  values and gradients, borders included (5x7)."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 5))
+  k = jax.random.normal(jax.random.key(1), (ksize, ksize, 5, cout))
+  w = jax.random.normal(jax.random.key(2), (2, 5, 7, cout))
+  for impl in ("matmul", "xla"):
+    out = generator.conv2d(x, k, impl)
+    grads = jax.grad(lambda x, k: jnp.sum(w * generator.conv2d(x, k, impl)), (0, 1))(x, k)
+    if impl == "matmul":
+      ref = (out, grads)
+  chex.assert_trees_all_close(ref, (out, grads), atol=1e-4)
 
 
 def test_subpixel_upsample_conv_equals_upsample_then_conv():
