@@ -343,9 +343,9 @@ def client_update_fn(prism: Prism, round_: int = 1) -> Callable:
 
 
 # LLVM's optimisation level for the round's CPU code: at 1 instead of XLA's default 3 the
-# round compiles 2-2.5x faster (default MNIST run: 26 -> 10 s) and runs no slower, 3-7%
-# faster here (``benchmarks.compile_options``). XLA_FLAGS=--xla_backend_optimization_level=N
-# takes precedence.
+# round compiles 2-2.5x faster (default MNIST run: 26 -> 10 s; README, "Performance") and
+# ran as fast or up to 7% faster in the timings there. XLA_FLAGS=
+# --xla_backend_optimization_level=N takes precedence.
 CPU_OPT_LEVEL = 1
 
 
