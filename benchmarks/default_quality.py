@@ -1,16 +1,16 @@
 """What more training buys the default run: its config (``python -m experiments.train``)
-for ``--rounds`` rounds instead of 5, with quality after every round against cumulative
-training time, and the fixed-mask sample grids at a few rounds side by side; ``--config``
-measures another config the same way (further ``--config.<field>=...`` flags pass through).
+for ``--rounds`` rounds, with quality after every round against cumulative training time,
+and the fixed-mask sample grids at a few rounds side by side; ``--config`` measures another
+config the same way (further ``--config.<field>=...`` flags pass through).
 
-  python -m benchmarks.default_quality --workdir=runs/default_quality --rounds=20   # ~25 min
-  python -m benchmarks.default_quality --config=experiments/configs/mnist_cpu.py:digits \
-      --workdir=runs/digits_s31 --name=digits_s31 --rounds=6                    # ~11 min
+  python -m benchmarks.default_quality --workdir=runs/default_quality --rounds=8   # ~12 min
+  python -m benchmarks.default_quality --config=experiments/configs/mnist_cpu.py:mmd \
+      --workdir=runs/mmd_quality --name=mmd_quality --rounds=20                 # ~25 min
 
-The earlier ``:digits`` reports (``digits_quality``, ``digits_phased``, 7 rounds;
-``digits_all_bandwidths``, 8 rounds, ``"--config.refine.kwargs.bandwidths=(0.01,0.03,0.1,
-0.3,1.0)"``) ran its 200-step schedule: ``--config.local.local_steps=200
---config.refine.local_steps=200``.
+The reports named ``digits_*`` ran the default curriculum when it was the ``:digits``
+variant, with the refining rounds' local steps their names or the README give
+(``--config.refine.local_steps=N``); those named ``default_*`` before it ran the one-loss
+default, now ``:mmd``.
 
 The run resumes from its workdir if interrupted. Writes ``benchmarks/<name>.{json,md}`` and
 ``results/<name>_samples.png`` (name: ``default_quality``).

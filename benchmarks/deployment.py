@@ -30,7 +30,7 @@ from experiments.configs import mnist_cpu
 
 
 def get_config():
-  c = mnist_cpu.get_config()
+  c = mnist_cpu.get_config("mmd")
   c.rounds, c.local.local_steps = {rounds}, {steps}
   c.deploy.node_cache, c.deploy.worker = {node_cache}, {worker}
   c.cache_dir = {cache!r}

@@ -143,7 +143,7 @@ class Judge:
     import jax
     from experiments.configs import mnist_cpu
     from prism_jax import data, evaluation, generator, train as train_lib
-    c = mnist_cpu.get_config()
+    c = mnist_cpu.get_config("mmd")
     self.splits = data.load(c.dataset, c.image_size)
     self.ev = evaluation.make_evaluator(
         generator.ResNetGenerator(c.image_size, 1, c.nz, c.ngf), self.splits, 10,

@@ -1,8 +1,8 @@
 """What each term of the transport loss adds to a local step of the default's jitted round.
 
-The default run (``mnist_cpu.py``: 2 vmapped clients, batch 64, ngf 16) on its Gaussian MMD,
-on ``:digits``'s whole transport loss (Sinkhorn + strided intensity and edge histograms +
-narrow MMD), the same with the Sinkhorn iterations in a ``fori_loop`` instead of unrolled, and
+The default run (``mnist_cpu.py``: 2 vmapped clients, batch 64, ngf 16) on the Gaussian MMD
+of ``:mmd``, on its curriculum's whole transport loss (Sinkhorn + strided intensity and edge
+histograms + narrow MMD), the same with the Sinkhorn iterations in a ``fori_loop`` instead of unrolled, and
 on each of those terms alone. A case is timed as the whole round (the round
 `train` runs, without entropy coding) at two numbers of local steps; the difference divided
 by the extra steps is the seconds per local step, free of the round's fixed costs. Rounds
@@ -31,12 +31,12 @@ TERMS = ("sinkhorn", "marginal_w2", "edge_w2", "gaussian_mmd")
 
 
 def case_config(case: str):
-  """``"mmd"``: the default; ``"transport"``: ``:digits``'s first loss; ``"transport_loop"``:
-  the same with the Sinkhorn iterations in a loop, not unrolled; a term name: that term of
-  it alone (the others' weights 0, so not computed)."""
+  """``"mmd"``: ``mnist_cpu.py:mmd``; ``"transport"``: the default's first loss;
+  ``"transport_loop"``: the same with the Sinkhorn iterations in a loop, not unrolled; a term
+  name: that term of it alone (the others' weights 0, so not computed)."""
   if case == "mmd":
-    return mnist_cpu.get_config()
-  c = mnist_cpu.get_config("digits")
+    return mnist_cpu.get_config("mmd")
+  c = mnist_cpu.get_config()
   c.refine.start = None
   if case == "transport_loop":
     c.loss.kwargs.sinkhorn.unroll = 1

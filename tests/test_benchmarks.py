@@ -97,7 +97,7 @@ def test_loss_choice_curve_accumulates_training_seconds(tmp_path):
 
 
 def test_loss_step_cost_cases_compute_the_terms_they_name():
-  """Each single-term case's loss is that term of ``:digits``'s transport loss alone, the
+  """Each single-term case's loss is that term of the default's transport loss alone, the
   transport cases (unrolled or looped Sinkhorn) are their sum, no case refines to another
   loss, and a typo is refused."""
   import jax

@@ -34,10 +34,11 @@ def test_official_dp_flag_and_its_refusals(tmp_path):
     train.build(c)
 
 
-def test_default_run_is_pure_prism():
-  """The offline default: masks only, 1 bit per weight up, MADA on."""
-  c = mnist_cpu.get_config()
-  prism = train.build(c)
+@pytest.mark.parametrize("variant", ["", "mmd"])
+def test_default_run_is_pure_prism(variant):
+  """The offline default (and its one-loss variant): masks only, 1 bit per weight up, MADA
+  on."""
+  prism = train.build(mnist_cpu.get_config(variant))
   assert prism.method == "prism" and prism.alpha == 0 and prism.server.mada
   assert prism.sends_masks and prism.local.carry_optimizer
 
@@ -68,7 +69,7 @@ def test_command_line_override_of_a_missing_field_fails_with_the_explanation():
 
 def test_ot_variant_changes_only_the_loss_and_a_bad_variant_is_named():
   from prism_jax import losses
-  default, ot = mnist_cpu.get_config(), mnist_cpu.get_config("ot")
+  default, ot = mnist_cpu.get_config("mmd"), mnist_cpu.get_config("ot")
   assert ot.loss.name == "sum"
   x = jax.random.normal(jax.random.key(0), (8, 16))        # 4 x 4 images for edge_w2
   y = jax.random.normal(jax.random.key(1), (8, 16))
@@ -79,13 +80,15 @@ def test_ot_variant_changes_only_the_loss_and_a_bad_variant_is_named():
   default.loss = ot.loss
   assert default.to_dict() == ot.to_dict()
   with pytest.raises(ValueError, match="unknown variant 'sinkhorn'; choose one of "
-                     "\\['ot', 'ot_mmd', 'digits'\\]"):
+                     "\\['mmd', 'ot', 'ot_mmd'\\]"):
     mnist_cpu.get_config("sinkhorn")
+  with pytest.raises(ValueError, match="':digits' curriculum is now the default"):
+    mnist_cpu.get_config("digits")
 
 
 def test_ot_mmd_variant_is_ot_with_strided_histograms_then_the_default_loss():
   from prism_jax import losses
-  default, ot, ot_mmd = (mnist_cpu.get_config(v) for v in ("", "ot", "ot_mmd"))
+  default, ot, ot_mmd = (mnist_cpu.get_config(v) for v in ("mmd", "ot", "ot_mmd"))
   x = jax.random.normal(jax.random.key(0), (8, 64))
   y = jax.random.normal(jax.random.key(1), (8, 64))
   got = losses.get_loss(ot_mmd.loss.name, **ot_mmd.loss.kwargs).apply(x, y, ())[0]
@@ -98,12 +101,12 @@ def test_ot_mmd_variant_is_ot_with_strided_histograms_then_the_default_loss():
   assert ot.to_dict() == ot_mmd.to_dict()
 
 
-def test_digits_variant_is_ot_mmd_in_fewer_longer_rounds():
-  ot_mmd, digits = mnist_cpu.get_config("ot_mmd"), mnist_cpu.get_config("digits")
-  assert (digits.local.local_steps, digits.refine.local_steps, digits.refine.start,
-          digits.rounds) == (150, 250, 3, 6)
-  assert digits.refine.kwargs.to_dict() == {"bandwidths": (0.03, 0.1, 0.3)}
-  digits.refine.local_steps, digits.refine.start, digits.rounds = (
+def test_default_is_ot_mmd_in_fewer_longer_rounds():
+  ot_mmd, default = mnist_cpu.get_config("ot_mmd"), mnist_cpu.get_config()
+  assert (default.local.local_steps, default.refine.local_steps, default.refine.start,
+          default.rounds) == (150, 200, 3, 6)
+  assert default.refine.kwargs.to_dict() == {"bandwidths": (0.03, 0.1, 0.3)}
+  default.refine.local_steps, default.refine.start, default.rounds = (
       ot_mmd.refine.local_steps, ot_mmd.refine.start, ot_mmd.rounds)
-  digits.refine.kwargs = ot_mmd.refine.kwargs
-  assert digits.to_dict() == ot_mmd.to_dict()
+  default.refine.kwargs = ot_mmd.refine.kwargs
+  assert default.to_dict() == ot_mmd.to_dict()

@@ -18,7 +18,7 @@ from experiments.configs import mnist_cpu
 
 
 def get_config():
-  c = mnist_cpu.get_config()
+  c = mnist_cpu.get_config("mmd")
   c.image_size, c.nz, c.ngf, c.num_clients, c.clients_per_round = 8, 4, 2, 3, 2
   c.rounds, c.local.local_steps, c.local.batch_size = {rounds}, 2, 8
   c.deploy.round_timeout = 300.0   # generous: a slow machine compiles in round 1

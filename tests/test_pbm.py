@@ -109,7 +109,7 @@ def test_too_few_clients_for_the_target_is_refused():
 def test_pbm_trains_end_to_end_at_the_calibrated_epsilon(tmp_path):
   from experiments.configs import mnist_cpu
   from prism_jax import train
-  c = mnist_cpu.get_config()
+  c = mnist_cpu.get_config("mmd")
   c.image_size, c.nz, c.ngf, c.num_clients, c.clients_per_round = 16, 16, 4, 4, 4
   c.local.local_steps, c.local.batch_size, c.rounds = 4, 16, 2
   c.eval.every, c.sample_every, c.checkpoint_every = 0, 2, 2

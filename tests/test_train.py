@@ -14,7 +14,7 @@ from prism_jax import data, export, losses, train
 
 
 def _tiny_config():
-  c = mnist_cpu.get_config()
+  c = mnist_cpu.get_config("mmd")
   c.image_size, c.nz, c.ngf, c.num_clients, c.clients_per_round = 16, 16, 4, 3, 2
   c.local.local_steps, c.local.batch_size = 8, 16
   c.rounds, c.sample_every, c.checkpoint_every = 4, 2, 2

@@ -60,7 +60,7 @@ def parse(arg: str) -> tuple[str, str, set[str]]:
 
 def get_config(arg: str = "mnist,dirichlet"):
   dataset, split, flags = parse(arg)
-  c = mnist_cpu.get_config()
+  c = mnist_cpu.get_config("mmd")
   c.setting = arg
   c.dataset, c.split = dataset, split
   if dataset == "celeb_a" and split == "shards":
