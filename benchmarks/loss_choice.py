@@ -48,7 +48,7 @@ def _ot(eps=0.01, mmd=0.0) -> list[str]:
 
 # key: (label, flags); flags that set loss.* run on benchmarks/loss_choice_config.py.
 VARIANTS = {
-    "mmd": ("Gaussian MMD (the default)", []),
+    "mmd": ("Gaussian MMD (`:mmd`, the default then)", []),
     "mmd_ngf32": ("Gaussian MMD, generator ngf 32 (1.6M weights)", ["--config.ngf=32"]),
     "sk05": ("Sinkhorn eps 0.05", sum_loss()),
     "sk01": ("Sinkhorn eps 0.01", sum_loss({"eps": 0.01})),
@@ -73,14 +73,20 @@ VARIANTS = {
 }
 SHOWN = ("mmd", "mmd_ngf32", "sk05", "sk01_m1", "sk01_m1_e1", "sk01_m1_e1_n1")
 _CONFIG = "--config=" + os.path.join("benchmarks", "loss_choice_config.py")
+_MMD = "--config=" + os.path.join("experiments", "configs", "mnist_cpu.py:mmd")
 
 
 def with_config(flags: list[str]) -> list[str]:
-  return [_CONFIG, *flags] if _SUM in flags else list(flags)
+  """The command-line arguments of a variant: ``sum`` losses on ``loss_choice_config.py``,
+  the rest on ``mnist_cpu.py:mmd`` (the one-loss run this benchmark compares against)."""
+  if any(f.startswith("--config=") for f in flags):
+    return list(flags)
+  return [_CONFIG if _SUM in flags else _MMD, *flags]
 
 
-# The default command as is and with the transport losses (federated, 5 rounds).
-FEDERATED = {"fed_mmd": ("default: Gaussian MMD", []),
+# The default command of the time (`:mmd`) as is and with the transport losses (federated,
+# 5 rounds).
+FEDERATED = {"fed_mmd": ("default: Gaussian MMD", with_config([])),
              "fed_ot_noedge": ("default with Sinkhorn 0.01 + intensity W2",
                                with_config(VARIANTS["sk01_m1"][1])),
              "fed_ot_edge": ("default with Sinkhorn 0.01 + intensity W2 + edge W2",

@@ -2,8 +2,8 @@
 
 The default run (``mnist_cpu.py``: 2 vmapped clients, batch 64, ngf 16) on the Gaussian MMD
 of ``:mmd``, on its curriculum's whole transport loss (Sinkhorn + strided intensity and edge
-histograms + narrow MMD), the same with the Sinkhorn iterations in a ``fori_loop`` instead of unrolled, and
-on each of those terms alone. A case is timed as the whole round (the round
+histograms + narrow MMD), the same with the Sinkhorn iterations in a ``fori_loop`` instead
+of unrolled, and on each of those terms alone. A case is timed as the whole round (the round
 `train` runs, without entropy coding) at two numbers of local steps; the difference divided
 by the extra steps is the seconds per local step, free of the round's fixed costs. Rounds
 stay on one loss (no ``refine``), so every timed round runs the loss it names.

@@ -192,9 +192,9 @@ def sinkhorn_divergence(real_feats: jax.Array, fake_feats: jax.Array, eps: float
 
   The three transport problems run in one loop, unrolled by default (``unroll``, as
   ``lax.fori_loop`` takes it): XLA:CPU runs a loop nested in the local steps' ``lax.scan``
-  slowly: unrolled, the default curriculum's transport step took 0.59 s instead of 0.86 s (timed with
-  ``benchmarks.loss_step_cost.round_seconds`` at 4 and 12 local steps; its JSON's rows
-  predate the change).
+  slowly: unrolled, the default curriculum's transport step took 0.59 s instead of 0.86 s
+  (timed with ``benchmarks.loss_step_cost.round_seconds`` at 4 and 12 local steps; its
+  JSON's rows predate the change).
   """
   chex.assert_rank([real_feats, fake_feats], 2)
   chex.assert_equal_shape_suffix([real_feats, fake_feats], 1)

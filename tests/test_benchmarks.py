@@ -60,6 +60,11 @@ def test_loss_choice_variants_build_the_losses_they_name():
   x = jax.random.normal(jax.random.key(0), (8, 9))     # 3 x 3 images for edge_w2
   y = jax.random.normal(jax.random.key(1), (8, 9))
   value = lambda v: v if v in ("sum", "sq", "l1") else ast.literal_eval(v)
+  import os
+  mmd_file, variant = loss_choice.with_config([])[0][len("--config="):].split(":")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(loss_choice.__file__)))
+  assert variant == "mmd" and os.path.exists(os.path.join(root, mmd_file))
+  assert loss_choice.with_config(["--config.ngf=32"]) == [loss_choice._MMD, "--config.ngf=32"]
   for key, (label, flags) in loss_choice.VARIANTS.items():
     config = loss_choice_config.get_config()
     for flag in flags:
