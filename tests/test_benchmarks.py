@@ -52,6 +52,7 @@ def test_loss_choice_variants_build_the_losses_they_name():
   """Every variant's flags set fields that exist, and a variant's loss is the weighted sum
   of the terms its flags name (zero-weight terms dropped)."""
   import ast
+  import os
   import jax
   import numpy as np
   from benchmarks import loss_choice, loss_choice_config
@@ -60,7 +61,6 @@ def test_loss_choice_variants_build_the_losses_they_name():
   x = jax.random.normal(jax.random.key(0), (8, 9))     # 3 x 3 images for edge_w2
   y = jax.random.normal(jax.random.key(1), (8, 9))
   value = lambda v: v if v in ("sum", "sq", "l1") else ast.literal_eval(v)
-  import os
   mmd_file, variant = loss_choice.with_config([])[0][len("--config="):].split(":")
   root = os.path.dirname(os.path.dirname(os.path.abspath(loss_choice.__file__)))
   assert variant == "mmd" and os.path.exists(os.path.join(root, mmd_file))
