@@ -87,10 +87,10 @@ def _mnist_long() -> list[Run]:
 # left the non-private model near its random start (domain-FID 165 -> 132), where no mechanism
 # can be told apart; fewer, longer rounds also compose fewer private releases. At ngf 4 (6,452
 # weights) neither 100 clients (domain-FID 128-135 after 10 rounds at Adam 0.03-0.3) nor one
-# client holding the data (64-193 over three training seeds) drew digits, while ngf 8 reached
-# 34.7 in 10 rounds over 100 clients. MADA is off, as in the default run: with IID clients it keeps most of the previous
-# scores each round and slowed the mnist_long suite's IID PRISM to domain-FID 135 against
-# 69.5 without it.
+# client training alone (64-193 over training seeds and data sizes) drew digits, while ngf 8
+# reached 34.7 in 10 rounds over 100 clients. MADA is off, as in the default run: with IID
+# clients it keeps most of the previous scores each round and slowed the mnist_long suite's
+# IID PRISM to domain-FID 135 against 69.5 without it.
 DP_CLIENTS = (100, 1000)
 DP_EPSILONS = (1.0, 3.0, 10.0)
 DP_OVERRIDES = (("image_size", 16), ("nz", 16), ("ngf", 8), ("local.local_steps", 20),
