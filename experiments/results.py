@@ -83,8 +83,8 @@ def _mnist_long() -> list[Run]:
 # Client-level DP with 1-bit uploads (prism_jax.pbm): its guarantee improves with the number
 # of clients summed per round, so the suite splits offline MNIST over 100 and 1,000 clients,
 # all taking part every round, with a small generator (16x16, ngf 8: 17,544 weights;
-# stateless clients, run 50 at a time per device). 40 rounds of 20 local steps: 30 rounds of 5
-# left the non-private model near its random start (domain-FID 165 -> 132), where no mechanism
+# stateless clients, run 50 at a time per device). 40 rounds of 20 local steps: at ngf 4, 30
+# rounds of 5 left the non-private model near its random start (165 -> 132), where no mechanism
 # can be told apart; fewer, longer rounds also compose fewer private releases. At ngf 4 (6,452
 # weights) neither 100 clients (domain-FID 128-135 after 10 rounds at Adam 0.03-0.3) nor one
 # client training alone (64-193 over training seeds and data sizes) drew digits, while ngf 8
