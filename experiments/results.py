@@ -104,9 +104,10 @@ def _dp() -> list[Run]:
   for n in DP_CLIENTS:
     base = DP_OVERRIDES + (("num_clients", n), ("clients_per_round", n))
     runs.append(Run(f"n{n}-prism", "mnist", "iid,offline,cpu", base, "PRISM (no DP)"))
+    # Largest epsilon first: it alone decides the verdict, so an interrupted suite has it.
     runs += [Run(f"n{n}-pbm-eps{e:g}", "mnist", "iid,offline,cpu",
                  base + (("dp.mechanism", "pbm"), ("dp.epsilon", e)), f"PRISM + PBM, eps {e:g}")
-             for e in DP_EPSILONS]
+             for e in sorted(DP_EPSILONS, reverse=True)]
     runs.append(Run(f"n{n}-gaussian-eps10", "mnist", "iid,offline,cpu",
                     base + (("dp.epsilon", 10.0),), "PRISM, noise on theta, eps 10"))
   return runs

@@ -365,6 +365,15 @@ def round_rotation(prism: Prism, round_key: jax.Array):
   return jax.random.key_data(jax.random.fold_in(round_key, PBM_ROTATION))
 
 
+def client_slots(prism: Prism, devices: int) -> tuple[int | None, int]:
+  """``(chunk, slots)``: the clients vmapped at once per device and the round's client slots,
+  a multiple of ``devices * chunk`` (slots past ``per_round`` are empty). The chunk is capped
+  at a device's share of the round, so a chunk larger than the round pads no empty work."""
+  chunk = prism.client_chunk and min(prism.client_chunk, math.ceil(prism.per_round / devices))
+  group = devices * (chunk or 1)
+  return chunk, math.ceil(prism.per_round / group) * group
+
+
 def make_round_step(prism: Prism, mesh: Mesh | None = None,
                     with_uploads: bool = False, donate: bool = False) -> Callable:
   """Builds the jitted ``round_step(server_state, client_data, key)`` for ``prism``.
@@ -376,8 +385,7 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
   reused for the output (one copy of the scores and loss states in device memory instead of
   two); the caller must not use the input state afterwards."""
   mesh = client_mesh() if mesh is None else mesh
-  per_slot_group = mesh.size * (prism.client_chunk or 1)
-  slots = math.ceil(prism.per_round / per_slot_group) * per_slot_group
+  chunk, slots = client_slots(prism, mesh.size)
 
   def phase_clients(refining: bool):
     """The shard-mapped clients of one curriculum phase."""
@@ -392,7 +400,7 @@ def make_round_step(prism: Prism, mesh: Mesh | None = None,
     def device_clients(scores, shared, *per_client):
       """This device's clients: all at once, or ``client_chunk`` at a time (``lax.map``),
       which bounds memory by the chunk instead of the number of clients."""
-      n, chunk = per_client[0].shape[0], prism.client_chunk
+      n = per_client[0].shape[0]
       # Each client's local scan starts from the global scores and ends with its own: mark
       # them as varying over the mesh so the scan's carry keeps one type (carried optimizer
       # states).

@@ -244,6 +244,18 @@ def test_chunked_clients_match_all_at_once(tiny_model, tiny_objective):
     _prism(tiny_objective, client_chunk=0)
 
 
+def test_chunk_larger_than_the_round_pads_no_slots(tiny_model, tiny_objective):
+  """A chunk above the clients per round runs the round's clients only, as no chunk does."""
+  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  data, key = _data(), jax.random.key(3)
+  runs = [rnd.make_round_step(_prism(tiny_objective, clients_per_round=3, client_chunk=c),
+                              with_uploads=True)(state, data, key) for c in (None, 50)]
+  (plain, _, (_, ids, _)), (big, _, (_, big_ids, _)) = runs
+  chex.assert_shape(big_ids, (3,))               # not 50 slots
+  chex.assert_trees_all_equal(plain.scores, big.scores)
+  np.testing.assert_array_equal(ids, big_ids)
+
+
 def test_donated_round_reuses_the_state_buffers(tiny_model, tiny_objective):
   prism = _prism(tiny_objective)
   data = _data()
