@@ -103,13 +103,14 @@ def _dp() -> list[Run]:
   runs = []
   for n in DP_CLIENTS:
     base = DP_OVERRIDES + (("num_clients", n), ("clients_per_round", n))
-    runs.append(Run(f"n{n}-prism", "mnist", "iid,offline,cpu", base, "PRISM (no DP)"))
+    at = f", {n:,} clients"
+    runs.append(Run(f"n{n}-prism", "mnist", "iid,offline,cpu", base, "PRISM (no DP)" + at))
     # Largest epsilon first: it alone decides the verdict, so an interrupted suite has it.
     runs += [Run(f"n{n}-pbm-eps{e:g}", "mnist", "iid,offline,cpu",
-                 base + (("dp.mechanism", "pbm"), ("dp.epsilon", e)), f"PRISM + PBM, eps {e:g}")
-             for e in sorted(DP_EPSILONS, reverse=True)]
+                 base + (("dp.mechanism", "pbm"), ("dp.epsilon", e)),
+                 f"PRISM + PBM, eps {e:g}" + at) for e in sorted(DP_EPSILONS, reverse=True)]
     runs.append(Run(f"n{n}-gaussian-eps10", "mnist", "iid,offline,cpu",
-                    base + (("dp.epsilon", 10.0),), "PRISM, noise on theta, eps 10"))
+                    base + (("dp.epsilon", 10.0),), "PRISM, noise on theta, eps 10" + at))
   return runs
 
 
@@ -124,7 +125,7 @@ def dp_verdict(results: list[dict]) -> list[str]:
            "|---|---|---|---|---|"]
   useful, uninformative = [], []
   for n in sorted(by_n):
-    base = next((r for r in by_n[n] if r["run"].label == "PRISM (no DP)"), None)
+    base = next((r for r in by_n[n] if r["run"].label.startswith("PRISM (no DP)")), None)
     ref = metric(base["summary"], "fid") if base else None
     # The algorithm-as-stated DP at epsilon 10 is noise (std ~ 1e2 on theta): if the
     # non-private run is not 2x better than it, the runs are too short to tell anything.
@@ -523,9 +524,12 @@ def figures(results: list[dict], fig_dir: str, suite: str) -> list[str]:
 def _scale(results: list[dict]) -> list[str]:
   c = results[0]["config"]
   s = results[0]["summary"]
+  clients = sorted({(r["config"]["num_clients"],
+                     r["config"].get("clients_per_round") or r["config"]["num_clients"])
+                    for r in results})
   return [f"- Scale of these runs: {s['num_weights']:,} masked weights (generator ngf "
-          f"{c['ngf']}, {c['image_size']}x{c['image_size']}), {c['num_clients']} clients, "
-          f"{c.get('clients_per_round') or c['num_clients']} per round, "
+          f"{c['ngf']}, {c['image_size']}x{c['image_size']}), "
+          f"{' or '.join(f'{n:,} clients, {k:,} per round' for n, k in clients)}, "
           f"{c['local']['local_steps']} local steps of batch {c['local']['batch_size']}, "
           f"{c['rounds']} rounds; loss {c['loss']['name']} on {c['features']} features; "
           f"evaluation on {c['eval']['num_samples']} samples."]

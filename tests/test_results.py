@@ -116,6 +116,7 @@ def test_dp_suite_runs_pbm_beside_non_private_prism_at_each_scale():
   for n in results.DP_CLIENTS:
     names = {r.name for r in runs if r.name.startswith(f"n{n}-")}
     assert {f"n{n}-prism", f"n{n}-pbm-eps1", f"n{n}-pbm-eps3", f"n{n}-pbm-eps10"} <= names
+  assert len({r.label for r in runs}) == len(runs)   # the tables tell the scales apart
   pbm_run = next(r for r in runs if r.name == "n1000-pbm-eps10")
   overrides = dict(pbm_run.overrides)
   assert overrides["dp.mechanism"] == "pbm" and overrides["clients_per_round"] == 1000
