@@ -123,7 +123,7 @@ def dp_verdict(results: list[dict]) -> list[str]:
     by_n.setdefault(r["config"]["clients_per_round"], []).append(r)
   lines = ["| clients per round | method | epsilon (delta) | domain-FID (fixed mask) | vs no DP |",
            "|---|---|---|---|---|"]
-  useful, uninformative = [], []
+  useful, uninformative, tested = [], [], []
   for n in sorted(by_n):
     base = next((r for r in by_n[n] if r["run"].label.startswith("PRISM (no DP)")), None)
     ref = metric(base["summary"], "fid") if base else None
@@ -140,15 +140,19 @@ def dp_verdict(results: list[dict]) -> list[str]:
       lines.append(f"| {n:,} | {r['run'].label} | "
                    f"{_fmt(eps) + ' (' + _fmt(s.get('dp_delta')) + ')' if eps else '-'} | "
                    f"{_fmt(fid)} | {'-' if ratio is None or not eps else f'{ratio:.2f}x'} |")
-      if (eps and eps <= 10 and ratio is not None and ratio <= 2 and "PBM" in r["run"].label
-          and n not in uninformative):
-        useful.append(n)
+      if eps and eps <= 10 and ratio is not None and "PBM" in r["run"].label:
+        tested.append(n)
+        if ratio <= 2 and n not in uninformative:
+          useful.append(n)
+  judged = [n for n in tested if n not in uninformative]
   verdict = (f"the smallest number of clients per round at which PBM with epsilon <= 10 keeps "
              f"domain-FID within 2x of non-private PRISM is {min(useful):,}" if useful else
-             f"with up to {max(by_n):,} clients per round, no PBM run with epsilon <= 10 stayed "
-             "within 2x of non-private PRISM")
-  if not useful and set(uninformative) == set(by_n):
-    verdict = "none yet"
+             f"with up to {max(judged):,} clients per round, no PBM run with epsilon <= 10 "
+             "stayed within 2x of non-private PRISM" if judged else "none yet")
+  untested = [n for n in by_n if n not in tested]
+  if untested:
+    verdict += (f" (no PBM run with epsilon <= 10 has finished at "
+                f"{', '.join(f'{n:,}' for n in untested)} clients per round)")
   if uninformative:
     verdict += (f" (no verdict at {', '.join(f'{n:,}' for n in uninformative)} clients per "
                 "round: there the non-private run is not 2x better than the noise-only run, so "
@@ -305,8 +309,14 @@ def main_table(results: list[dict]) -> list[str]:
         f"| {s['bits_up_per_client']:,} | {_coded(s)} | {_total_bits(s):.3g} "
         f"| {s['model_bytes']:,} ({100 * s['model_fraction_of_dense']:.1f}%) "
         f"| {_fmt(eps) + ' (' + _fmt(s.get('dp_delta')) + ')' if eps else '-'} "
-        f"| {s['seconds_total'] / 60:.1f} min |")
+        f"| {_wall(s)} |")
   return lines
+
+
+def _wall(s: dict) -> str:
+  """A run's wall time; a resumed run's counts from its resume only, and says so."""
+  since = f" since round {s['resumed_at']} (resumed)" if s.get("resumed_at") else ""
+  return f"{s['seconds_total'] / 60:.1f} min{since}"
 
 
 def _find(results, split, label):

@@ -109,6 +109,10 @@ def test_dp_verdict_finds_the_smallest_useful_number_of_clients():
   assert "Verdict: the smallest number of clients per round" in text and "is 1,000." in text
   rs[3]["summary"]["domain_fid_fixed"] = 70.0
   assert "no PBM run with epsilon <= 10 stayed within 2x" in "\n".join(results.dp_verdict(rs))
+  # A scale whose PBM runs have not finished is not counted as tested.
+  text = "\n".join(results.dp_verdict(rs[:3]))
+  assert "with up to 100 clients per round, no PBM run" in text
+  assert "has finished at 1,000 clients per round" in text
 
 
 def test_dp_suite_runs_pbm_beside_non_private_prism_at_each_scale():
