@@ -131,3 +131,21 @@ def test_dp_verdict_withholds_judgement_when_no_dp_is_no_better_than_noise():
         _dp_run(100, "PRISM, noise on theta, eps 10", 160.0, 10.0)]
   text = "\n".join(results.dp_verdict(rs))
   assert "Verdict: none yet (no verdict at 100 clients per round" in text
+
+
+def test_report_has_no_empty_claims_section(tmp_path, monkeypatch):
+  dp = [_dp_run(100, "PRISM (no DP)", 40.0), _dp_run(100, "PRISM + PBM, eps 10", 120.0, 9.9)]
+  other = [_fake("a", "dirichlet", "PRISM", domain_fid_fixed=50.0)]
+  monkeypatch.setattr(results, "figures", lambda *a: [])
+  for suite, fakes, has_claims in (("dp", dp, False), ("mnist_long", other, True)):
+    runs = [r["run"] for r in fakes]
+    monkeypatch.setattr(results, "_load", lambda _, run, f=fakes: next(
+        r for r in f if r["run"] == run))
+    for r in fakes:
+      r["config"].update(ngf=8, image_size=16, num_clients=100, clients_per_round=100,
+                         rounds=10, local={"local_steps": 20, "batch_size": 32},
+                         loss={"name": "mmd"}, features="pixels", eval={"num_samples": 100})
+    text = results.report(suite, runs, str(tmp_path), str(tmp_path / "R.md"),
+                          str(tmp_path), {})
+    assert ("## The paper's claims, checked here" in text) == has_claims, suite
+    assert ("Final model size" in text) == has_claims
