@@ -199,6 +199,18 @@ def _paper() -> list[Run]:
   return runs
 
 
+def dp_section(out: str) -> list[str]:
+  """The dp suite's privacy table and verdict from its committed runs, for RESULTS.md; its
+  full report is RESULTS-dp.md (regenerate both after a dp run finishes)."""
+  runs_dir = COMMITTED_RUNS["dp"]
+  results = [r for r in (_load(runs_dir, run) for run in _dp()) if r is not None]
+  if not results:
+    return []
+  full = os.path.relpath("RESULTS-dp.md", os.path.dirname(os.path.abspath(out)))
+  return (["", f"## Privacy: PBM against clients per round (suite `dp`, `{full}`)", ""] +
+          _scale(results) + [""] + dp_verdict(results))
+
+
 SUITES = {"mnist_cpu": _mnist_cpu, "smoke": _smoke, "paper": _paper, "mnist_long": _mnist_long,
           "dp": _dp}
 # Suites whose finished runs are kept in the repository (checkpoints and event files are
@@ -587,6 +599,8 @@ def report(suite: str, runs: list[Run], runs_dir: str, out: str, fig_dir: str,
       rel = os.path.dirname(os.path.abspath(out))
       lines += [f"![{os.path.basename(p)}]({os.path.relpath(os.path.abspath(p), rel)})"
                 for p in figs]
+  if suite == "mnist_long":   # RESULTS.md also gathers the privacy verdict
+    lines += dp_section(out)
   notes = [f"- `{name}`: {status.get(name, 'no finished run')}" for name in missing]
   if notes:
     lines += ["", "## Runs not in the tables", ""] + notes

@@ -133,19 +133,46 @@ def test_dp_verdict_withholds_judgement_when_no_dp_is_no_better_than_noise():
   assert "Verdict: none yet (no verdict at 100 clients per round" in text
 
 
+def _with_config(fakes):
+  for r in fakes:
+    r["config"].update(ngf=8, image_size=16, num_clients=100, clients_per_round=100,
+                       rounds=10, local={"local_steps": 20, "batch_size": 32},
+                       loss={"name": "mmd"}, features="pixels", eval={"num_samples": 100})
+  return fakes
+
+
 def test_report_has_no_empty_claims_section(tmp_path, monkeypatch):
-  dp = [_dp_run(100, "PRISM (no DP)", 40.0), _dp_run(100, "PRISM + PBM, eps 10", 120.0, 9.9)]
-  other = [_fake("a", "dirichlet", "PRISM", domain_fid_fixed=50.0)]
+  dp = _with_config([_dp_run(100, "PRISM (no DP)", 40.0),
+                     _dp_run(100, "PRISM + PBM, eps 10", 120.0, 9.9)])
+  other = _with_config([_fake("a", "dirichlet", "PRISM", domain_fid_fixed=50.0)])
   monkeypatch.setattr(results, "figures", lambda *a: [])
   for suite, fakes, has_claims in (("dp", dp, False), ("mnist_long", other, True)):
     runs = [r["run"] for r in fakes]
     monkeypatch.setattr(results, "_load", lambda _, run, f=fakes: next(
-        r for r in f if r["run"] == run))
-    for r in fakes:
-      r["config"].update(ngf=8, image_size=16, num_clients=100, clients_per_round=100,
-                         rounds=10, local={"local_steps": 20, "batch_size": 32},
-                         loss={"name": "mmd"}, features="pixels", eval={"num_samples": 100})
+        (r for r in f if r["run"] == run), None))
     text = results.report(suite, runs, str(tmp_path), str(tmp_path / "R.md"),
                           str(tmp_path), {})
     assert ("## The paper's claims, checked here" in text) == has_claims, suite
     assert ("Final model size" in text) == has_claims
+
+
+def test_results_md_gathers_the_dp_verdict_from_the_committed_dp_runs(tmp_path, monkeypatch):
+  main = _with_config([_fake("a", "dirichlet", "PRISM", domain_fid_fixed=50.0)])
+  dp = dict(zip(("n100-prism", "n100-pbm-eps10"), _with_config(
+      [_dp_run(100, "PRISM (no DP)", 40.0), _dp_run(100, "PRISM + PBM, eps 10", 60.0, 9.9)])))
+  loaded = []
+
+  def load(runs_dir, run):
+    loaded.append(runs_dir)
+    return dp.get(run.name) if runs_dir == results.COMMITTED_RUNS["dp"] else main[0]
+  monkeypatch.setattr(results, "_load", load)
+  monkeypatch.setattr(results, "figures", lambda *a: [])
+  write = lambda suite: results.report(suite, [main[0]["run"]], "runs", str(tmp_path / "R.md"),
+                                       str(tmp_path), {})
+  text = write("mnist_long")
+  assert "## Privacy: PBM against clients per round" in text
+  assert "| 100 | PRISM + PBM, eps 10 | 9.9 (1.00e-05) | 60 | 1.50x |" in text
+  assert "Verdict: the smallest number of clients per round" in text and "is 100." in text
+  assert "## Privacy" not in write("mnist_cpu")   # only RESULTS.md gathers it
+  dp.clear()                                         # no finished dp run: no section
+  assert "## Privacy" not in write("mnist_long") and results.COMMITTED_RUNS["dp"] in loaded
