@@ -2,6 +2,7 @@
 from the run directories (smoke scale on a small tfds dataset written by the test)."""
 import json
 import os
+import threading
 
 import pytest
 
@@ -176,3 +177,21 @@ def test_results_md_gathers_the_dp_verdict_from_the_committed_dp_runs(tmp_path, 
   assert "## Privacy" not in write("mnist_cpu")   # only RESULTS.md gathers it
   dp.clear()                                         # no finished dp run: no section
   assert "## Privacy" not in write("mnist_long") and results.COMMITTED_RUNS["dp"] in loaded
+
+
+def test_parallel_runs_overlap_and_the_report_covers_the_whole_suite(tmp_path, monkeypatch):
+  both_running = threading.Barrier(2, timeout=30)   # broken (an error) if run one at a time
+
+  def run_one(run, runs_dir, data_dir):
+    both_running.wait()
+    return "ran"
+  monkeypatch.setattr(results, "run_one", run_one)
+  monkeypatch.setattr(results, "figures", lambda *a: [])
+  out = tmp_path / "R.md"
+  results.main(["--suite=dp", f"--runs_dir={tmp_path}", f"--out={out}", "--parallel=2",
+                "--only=n100-prism,n100-pbm-eps10"])
+  text = out.read_text()
+  assert "- `n100-prism`: ran" in text and "- `n100-pbm-eps10`: ran" in text
+  assert "- `n1000-pbm-eps1`: no finished run" in text   # not run, still in the report
+  with pytest.raises(SystemExit, match="--parallel must be at least 1"):
+    results.main(["--suite=dp", "--parallel=0", "--report_only"])
