@@ -106,18 +106,33 @@ def test_too_few_clients_for_the_target_is_refused():
     pbm.calibrate(1.0, 1e-5, 500, 3, 1.0, pbm.coordinate_clip(1.0, 1_000_000))
 
 
-def test_pbm_trains_end_to_end_at_the_calibrated_epsilon(tmp_path):
+def test_pbm_trains_end_to_end_at_the_calibrated_epsilon_and_resumes_exactly(
+    tmp_path, monkeypatch):
   from experiments.configs import mnist_cpu
-  from prism_jax import train
+  from prism_jax import checkpoint, runlog, train
   c = mnist_cpu.get_config("mmd")
   c.image_size, c.nz, c.ngf, c.num_clients, c.clients_per_round = 16, 16, 4, 4, 4
   c.local.local_steps, c.local.batch_size, c.rounds = 4, 16, 2
-  c.eval.every, c.sample_every, c.checkpoint_every = 0, 2, 2
+  c.eval.every, c.sample_every, c.checkpoint_every = 0, 2, 1
   c.dp.mechanism, c.dp.epsilon = "pbm", 50.0
   summary = train.train(c, str(tmp_path / "pbm"))
   n = summary["num_weights"]
   assert summary["bits_up_per_client"] == pbm.padded_size(n) < 1.06 * n
   assert 45.0 < summary["dp_epsilon"] <= 50.0 and math.isfinite(summary["final_loss"])
+
+  def killed_at_2(self, r, m):   # after round 1's checkpoint, before round 2's
+    if r == 2:
+      raise KeyboardInterrupt("simulated kill")
+  monkeypatch.setattr(runlog.Progress, "update", killed_at_2)
+  with pytest.raises(KeyboardInterrupt):
+    train.train(c, str(tmp_path / "part"))
+  monkeypatch.undo()
+  assert train.train(c, str(tmp_path / "part"), resume=True)["resumed_at"] == 1
+  final = [checkpoint.manager(str(tmp_path / d / "checkpoints")).restore(2)
+           for d in ("pbm", "part")]   # the PBM noise and rotation replay exactly
+  assert len(jax.tree.leaves(final[0])) == len(jax.tree.leaves(final[1])) > 0
+  for x, y in zip(*map(jax.tree.leaves, final)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   with pytest.raises(ValueError, match="not both"):
     c.dp.b = 0.1
     train.build(c)
