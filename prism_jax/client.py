@@ -84,10 +84,10 @@ class LocalState:
   opt: Any = ()
 
 
-def init_local_state(objective: Objective, cfg: LocalConfig, scores) -> LocalState:
-  """A client's state before its first round (``scores`` may be shapes only)."""
+def init_local_state(objective: Objective, cfg: LocalConfig, scores, client=0) -> LocalState:
+  """Client ``client``'s state before its first round (``scores`` may be shapes only)."""
   opt = jax.eval_shape(cfg.optimizer().init, scores) if cfg.carry_optimizer else ()
-  return LocalState(objective.init_loss_state(),
+  return LocalState(objective.init_loss_state(client),
                     jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), opt))
 
 
@@ -121,15 +121,16 @@ class Objective:
     m = self.model
     return self.features.dim((m.image_size, m.image_size, m.channels))
 
-  def init_loss_state(self):
-    return self.loss.init(self.feature_dim())
+  def init_loss_state(self, client=0):
+    return self.loss.init(self.feature_dim(), client)
 
   def __call__(self, params, weights, real, key: jax.Array, feature_params=None,
-               loss_state=(), batch_size: int | None = None):
+               loss_state=(), batch_size: int | None = None, masks=None):
     """Returns ``(loss, new_loss_state)``; ``params`` are the scores over the frozen
     ``weights`` (or, with ``trains="weights"``, the generator's dense weights); ``real`` is an
     image batch, or ``(mean, var)`` of real features when ``uses_stats`` (then
-    ``batch_size`` fakes are drawn)."""
+    ``batch_size`` fakes are drawn). ``masks``: binary masks to replay instead of the draw
+    from ``key`` (e.g. to compare with another implementation on the same bits)."""
     feature_params = self.features.params if feature_params is None else feature_params
     k_z, k_mask = jax.random.split(key)
     n = batch_size if self.uses_stats else real.shape[0]
@@ -138,7 +139,7 @@ class Objective:
       fake = self.model.apply({"params": params}, z)
     else:
       fake = generator.generate(self.model, weights, params, z, k_mask, "sample",
-                                self.estimator)
+                                self.estimator, masks)
     fake_feats = self.features.apply(feature_params, fake)
     if not self.uses_stats:
       chex.assert_equal_shape([real, fake])
@@ -169,13 +170,15 @@ def client_init(server_scores, cfg: LocalConfig, local: LocalState = LocalState(
 
 
 def client_step(state: ClientState, weights, images, count, key, *, objective: Objective,
-                cfg: LocalConfig, feature_params=None, real_stats=None):
-  """One local iteration; returns the new state and the loss before the step."""
+                cfg: LocalConfig, feature_params=None, real_stats=None, masks=None):
+  """One local iteration; returns the new state and the loss before the step (``masks``:
+  binary masks replayed instead of drawn, see :class:`Objective`)."""
   k_batch, k_loss = jax.random.split(key)
   real = real_stats if objective.uses_stats else sample_batch(k_batch, images, count,
                                                               cfg.batch_size)
   (loss, loss_state), grads = jax.value_and_grad(objective, has_aux=True)(
-      state.scores, weights, real, k_loss, feature_params, state.loss_state, cfg.batch_size)
+      state.scores, weights, real, k_loss, feature_params, state.loss_state, cfg.batch_size,
+      masks)
   updates, opt_state = cfg.optimizer().update(grads, state.opt_state, state.scores)
   return ClientState(optax.apply_updates(state.scores, updates), opt_state, loss_state), loss
 

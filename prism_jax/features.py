@@ -61,8 +61,11 @@ def _pixels_apply(params, images):
 
 def vgg19(weights: str | None = None, num_layers: int = vgg.NUM_CONV,
           batch_norm: bool | None = None, width: float = 1.0, seed: int = 0,
-          image_size: int = 32, official: bool = False) -> Extractor:
+          image_size: int = 32, official: bool = False, layers: str = "first") -> Extractor:
   """VGG19 features from a torchvision weights file (``.npz``, see :mod:`prism_jax.vgg`).
+
+  ``num_layers`` ReLU maps, the first ones in forward order (``layers="first"``, the
+  official ``numLayersToFtrMatching``) or the last ones; the same at 16, all of them.
 
   ``official``: run it as the official code does (``vgg19_bn`` with batch-statistics BN,
   raw [-1, 1] inputs; :mod:`prism_jax.vgg`). ``weights="random"`` uses random weights from
@@ -82,8 +85,10 @@ def vgg19(weights: str | None = None, num_layers: int = vgg.NUM_CONV,
   if official and not batch_norm:
     raise ValueError("official VGG19 features are vgg19_bn's: give a vgg19_bn weights file "
                      "(or batch_norm=True with weights='random')")
-  apply = vgg.make_extractor(num_layers, batch_norm, width, official)
-  name = f"vgg19{'_bn' if batch_norm else ''}{'-official' if official else ''}-L{num_layers}"
+  apply = vgg.make_extractor(num_layers, batch_norm, width, official, layers)
+  which = "" if num_layers == vgg.NUM_CONV or layers == "first" else "last"
+  name = (f"vgg19{'_bn' if batch_norm else ''}{'-official' if official else ''}"
+          f"-L{num_layers}{which}")
   return Extractor(name, apply, params, batch_dependent=official)
 
 
@@ -102,8 +107,7 @@ class FeatureCNN(nn.Module):
     maps = []
     for i, c in enumerate((16, 32, 64)):
       if i:
-        b, h, w, ch = x.shape
-        x = x.reshape(b, h // 2, 2, w // 2, 2, ch).max((2, 4))
+        x = vgg.max_pool2x2(x)
       kernel = self.param(f"conv{i}", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], c))
       bias = self.param(f"conv{i}_bias", nn.initializers.zeros, (c,))
       x = jax.nn.relu(generator.conv2d(x, kernel, impl) + bias)

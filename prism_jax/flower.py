@@ -225,7 +225,7 @@ class Node:
                        "error": f"holds round {held}, round {cfg['round']} starts"}}, state
     state.update({GLOBAL: _arrays((scores, aux)), "round": held})
     k_clients = jax.random.wrap_key_data(np.asarray(cfg["client_key"], np.uint32))
-    local = client.init_local_state(prism.objective, prism.local, dep.like)
+    local = client.init_local_state(prism.objective, prism.local, dep.like, cid)
     restart = prism.refine is not None and prism.refine.restarts(state.get("trained", 0),
                                                                     held + 1)
     if state.get(LOCAL_STATE) is not None and not restart:

@@ -227,6 +227,14 @@ def layer_order(weights) -> list[tuple[str, ...]]:
   return sorted(paths, key=rank)
 
 
+def state_dict_copies(tree):
+  """How often each layer appears in the official ``ResnetG``'s state dict: twice for a
+  residual block's convolutions (registered as ``conv1`` and ``model.3``, ``conv2`` and
+  ``model.6``, ``conv_bypass`` and ``bypass.0``), once for the input and output layers."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: 2 if p[0].key.startswith("block") else 1, tree)
+
+
 def prob_layers(weights, alpha: float):
   """PRISM-alpha (Algorithm 2): a PyTree of Python bools, True for the last
   ``int(alpha * num_layers)`` layers in forward order, which upload probabilities."""
@@ -248,9 +256,10 @@ def init_scores(key: jax.Array, weights, std: float = 1.0):
 
 
 def generate(model: ResNetGenerator, weights, scores, z, key=None, mode="sample",
-             estimator="prob"):
-  """Images from the masked generator: ``model(W_init * mask(scores), z)``."""
-  mask_tree = masking.masks(scores, key, mode, estimator)
+             estimator="prob", given=None):
+  """Images from the masked generator: ``model(W_init * mask(scores), z)`` (``given``:
+  binary masks to replay instead of drawing, :func:`prism_jax.masking.masks`)."""
+  mask_tree = masking.masks(scores, key, mode, estimator, given)
   return model.apply({"params": masking.apply_masks(weights, mask_tree)}, z)
 
 

@@ -21,7 +21,8 @@ Loss = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class FeatureLoss(NamedTuple):
-  """``init(dim) -> state``; ``apply(real, fake_feats, state) -> (loss, state)``."""
+  """``init(dim, client=0) -> state``; ``apply(real, fake_feats, state) -> (loss, state)``.
+  ``client``: the client's index, for states drawn per client (may be traced)."""
   init: Callable[[int], Any]
   apply: Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
   real: str = "batch"          # "batch": real feature batch; "stats": (mean, var) per client
@@ -29,7 +30,8 @@ class FeatureLoss(NamedTuple):
 
 def stateless(loss: Loss) -> FeatureLoss:
   """A plain ``loss(real_feats, fake_feats)`` as a :class:`FeatureLoss` without state."""
-  return FeatureLoss(lambda dim: (), lambda real, fake, state: (loss(real, fake), state))
+  return FeatureLoss(lambda dim, client=0: (),
+                     lambda real, fake, state: (loss(real, fake), state))
 
 
 def feature_stats(feats: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -56,20 +58,22 @@ def gfmn_moment_matching(learning_rate: float = 1e-5, b1: float = 0.5,
   so its gradient follows the smoothed gap rather than one noisy minibatch estimate. The
   real statistics are precomputed over the client's whole local dataset.
 
-  ``v_init``: ``"zeros"`` (the first step's generator gradient is then zero), or
-  ``"torch"``, PyTorch's default ``nn.Linear(dim, 1)`` init U(-1/sqrt(dim), 1/sqrt(dim)) as in
-  the official code (drawn from ``seed``; the same for every client).
+  ``v_init``: ``"zeros"``, or ``"torch"``, PyTorch's default ``nn.Linear(dim, 1)`` init
+  U(-1/sqrt(dim), 1/sqrt(dim)) as in the official code, where every client builds its own
+  nets (drawn from ``seed`` and the client's index). With zeros the first step's generator
+  gradient is not zero: the loss projects on ``v`` after its Adam step, which moves every
+  coordinate by about the learning rate towards the gap (``sign(gap) * lr``).
   """
   if v_init not in ("zeros", "torch"):
     raise ValueError(f"v_init must be 'zeros' or 'torch', got {v_init!r}")
   opt = optax.adam(learning_rate, b1=b1, b2=b2)
 
-  def init(dim: int) -> MovingAverageState:
+  def init(dim: int, client=0) -> MovingAverageState:
     if v_init == "zeros":
       v_mean = v_var = jnp.zeros((dim,), jnp.float32)
     else:
       bound = 1.0 / jnp.sqrt(dim)
-      k_mean, k_var = jax.random.split(jax.random.key(seed))
+      k_mean, k_var = jax.random.split(jax.random.fold_in(jax.random.key(seed), client))
       v_mean, v_var = (jax.random.uniform(k, (dim,), jnp.float32, -bound, bound)
                        for k in (k_mean, k_var))
     return MovingAverageState(v_mean, v_var, opt.init(v_mean), opt.init(v_var))

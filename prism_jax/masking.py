@@ -33,7 +33,13 @@ def bernoulli_with_grad(key: jax.Array, theta: jax.Array,
       Implemented as ``m + theta^2/2 - stop_grad(theta^2/2)`` (forward value ``m``).
     * ``"ste"``: plain straight-through; d loss/d theta = d loss/d m.
   """
-  m = jax.random.bernoulli(key, theta).astype(theta.dtype)
+  return with_estimator(jax.random.bernoulli(key, theta), theta, estimator)
+
+
+def with_estimator(m: jax.Array, theta: jax.Array, estimator: Estimator = "prob") -> jax.Array:
+  """A drawn binary mask ``m`` (forward value) with ``estimator``'s gradient for ``theta``
+  (:func:`bernoulli_with_grad`)."""
+  m = m.astype(theta.dtype)
   if estimator == "prob":
     surrogate = 0.5 * jnp.square(theta)
   elif estimator == "ste":
@@ -50,13 +56,16 @@ def leaf_keys(key: jax.Array, tree):
 
 
 def masks(scores, key: jax.Array | None = None, mode: MaskMode = "sample",
-          estimator: Estimator = "prob"):
+          estimator: Estimator = "prob", given=None):
   """Mask PyTree for ``scores`` (same structure, float dtype, differentiable).
 
-  ``mode="sample"`` needs ``key``; ``"threshold"`` keeps weights with theta > 0.5;
+  ``mode="sample"`` needs ``key``, or ``given`` binary masks (a recorded draw replayed,
+  with the estimator's gradient); ``"threshold"`` keeps weights with theta > 0.5;
   ``"expected"`` uses theta itself (the mean network).
   """
   theta = keep_prob(scores)
+  if mode == "sample" and given is not None:
+    return jax.tree.map(lambda m, t: with_estimator(m, t, estimator), given, theta)
   if mode == "sample":
     if key is None:
       raise ValueError("mask mode 'sample' needs a PRNG key")

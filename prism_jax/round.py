@@ -193,8 +193,8 @@ def init_state(model: generator.ResNetGenerator, seed: int, key: jax.Array,
       scores = generator.init_weights(model, seed)
     elif prism.method == "fedpm":
       aux = baselines.beta_init(scores)
-    one = client.init_local_state(prism.objective, prism.local, scores)
-    local = jax.tree.map(lambda x: jnp.broadcast_to(x, (prism.num_clients, *x.shape)), one)
+    local = jax.vmap(lambda c: client.init_local_state(prism.objective, prism.local, scores,
+                                                       c))(jnp.arange(prism.num_clients))
   return ServerState(jnp.asarray(seed, jnp.int32), scores, jnp.zeros((), jnp.int32), local,
                      aux)
 
@@ -298,7 +298,8 @@ def server_step(prism: Prism, key: jax.Array, state: ServerState, uploads, slot_
       new = server.scores_from_probs(theta_hat)
     lam = jnp.ones((), jnp.float32)
     if prism.method == "prism" and prism.server.mada:
-      lam = server.mada_lambda(key, state.scores, new)
+      lam = server.mada_lambda(key, state.scores, new,
+                               server.lambda_copies(prism.server, state.scores))
     if prism.pbm is not None:
       bcast = server.Broadcast(counts, participants, lam, rotation)
     else:

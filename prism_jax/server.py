@@ -25,14 +25,25 @@ import numpy as np
 from prism_jax import masking
 
 
+LAMBDA_COUNTS = ("weights", "state_dict")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
   mada: bool = True
   smoothing: float = 0.01   # uploaded bit 0 -> smoothing, 1 -> 1 - smoothing
+  # What MADA's Hamming distance averages over: every weight once ("weights"), or, as the
+  # official ``compare_global_mask`` does, every entry of the generator's state dict, which
+  # lists each residual-block convolution twice (``conv1`` / ``model.3``, ...), each with its
+  # own Bernoulli draw ("state_dict"; :func:`prism_jax.generator.state_dict_copies`).
+  lambda_counts: str = "weights"
 
   def __post_init__(self):
     if not 0.0 < self.smoothing < 0.5:
       raise ValueError(f"smoothing must lie in (0, 0.5), got {self.smoothing}")
+    if self.lambda_counts not in LAMBDA_COUNTS:
+      raise ValueError(f"lambda_counts must be one of {LAMBDA_COUNTS}, got "
+                       f"{self.lambda_counts!r}")
 
 
 @flax.struct.dataclass
@@ -92,17 +103,37 @@ def scores_from_probs(theta):
   return jax.tree.map(lambda t: jnp.log(t) - jnp.log1p(-t), theta)
 
 
-def hamming(mask_a, mask_b) -> jax.Array:
-  """Fraction of differing bits between two mask PyTrees (over all weights)."""
-  return masking.mean_over_weights(jax.tree.map(jnp.not_equal, mask_a, mask_b))
+def hamming(mask_a, mask_b, copies=None) -> jax.Array:
+  """Fraction of differing bits between two mask PyTrees (over all weights).
+
+  ``copies``: a PyTree of ints (or None: 1 everywhere); leaf ``l`` holds ``copies_l``
+  independent mask pairs on a leading axis and counts that many times."""
+  if copies is None:
+    return masking.mean_over_weights(jax.tree.map(jnp.not_equal, mask_a, mask_b))
+  diff = jax.tree.leaves(jax.tree.map(jnp.not_equal, mask_a, mask_b))
+  return sum(jnp.sum(d, dtype=jnp.float32) for d in diff) / sum(int(d.size) for d in diff)
 
 
-def mada_lambda(key: jax.Array, prev_scores, new_scores) -> jax.Array:
+def mada_lambda(key: jax.Array, prev_scores, new_scores, copies=None) -> jax.Array:
   """MADA's ``lambda``: the Hamming distance between masks sampled from the previous and
-  the aggregated global probabilities (Algorithm 1)."""
+  the aggregated global probabilities (Algorithm 1). ``copies`` (PyTree of ints, None: 1):
+  how many independent pairs each layer contributes (:attr:`ServerConfig.lambda_counts`)."""
   k_prev, k_new = jax.random.split(key)
-  return hamming(masking.sample_binary(k_prev, masking.keep_prob(prev_scores)),
-                 masking.sample_binary(k_new, masking.keep_prob(new_scores)))
+  if copies is None:
+    return hamming(masking.sample_binary(k_prev, masking.keep_prob(prev_scores)),
+                   masking.sample_binary(k_new, masking.keep_prob(new_scores)))
+  theta = lambda s: jax.tree.map(lambda x, c: jnp.broadcast_to(  # noqa: E731
+      jax.nn.sigmoid(x), (c, *x.shape)), s, copies)
+  return hamming(masking.sample_binary(k_prev, theta(prev_scores)),
+                 masking.sample_binary(k_new, theta(new_scores)), copies)
+
+
+def lambda_copies(cfg: ServerConfig, scores):
+  """The ``copies`` of :func:`mada_lambda` that ``cfg.lambda_counts`` asks for."""
+  if cfg.lambda_counts == "weights":
+    return None
+  from prism_jax import generator   # the generator's layout says which layers are doubled
+  return generator.state_dict_copies(scores)
 
 
 def mix(prev_scores, new_scores, lam: jax.Array):
@@ -154,7 +185,8 @@ def server_update(key: jax.Array, prev_scores, masks, client_weights, cfg: Serve
   participants = participants or jax.tree.leaves(masks)[0].shape[0]
   counts, n = tally(masks, client_weights)
   theta_hat = probs_from_counts(counts, n, cfg.smoothing)
-  lam = (mada_lambda(key, prev_scores, scores_from_probs(theta_hat)) if cfg.mada
-         else jnp.ones((), jnp.float32))
+  lam = (mada_lambda(key, prev_scores, scores_from_probs(theta_hat),
+                     lambda_copies(cfg, prev_scores))
+         if cfg.mada else jnp.ones((), jnp.float32))
   bcast = make_broadcast(counts, participants, lam, cfg.smoothing)
   return rebuild(prev_scores, bcast, cfg), theta_hat, bcast

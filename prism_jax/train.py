@@ -113,8 +113,10 @@ def build(config):
     raise ValueError("local.dp_mode='official' reproduces the official code's DP branch, which "
                      "discards its noise: it has no privacy guarantee, so dp.epsilon / "
                      "local.dp_noise_std cannot be set with it")
-  return rnd.Prism(objective, local, server.ServerConfig(config.mada, config.smoothing),
-                   config.num_clients, config.get("clients_per_round"),
+  server_cfg = server.ServerConfig(config.mada, config.smoothing,
+                                   config.get("lambda_counts", "weights"))
+  return rnd.Prism(objective, local, server_cfg, config.num_clients,
+                   config.get("clients_per_round"),
                    config.get("prism_alpha", 0.0), config.get("client_chunk"), method=method,
                    fedpm_reset=config.get("fedpm_reset"), pbm=pbm_mechanism(config, n),
                    refine=refinement(config))

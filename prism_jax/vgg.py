@@ -1,8 +1,9 @@
 """VGG19 feature extractor psi (paper Sec. 3: an ImageNet-pretrained VGG19, frozen).
 
 ``features(params, images)`` maps images in [-1, 1] (grey ones repeated to RGB) to the
-flattened, concatenated ReLU outputs of the last ``num_layers`` of VGG19's 16 conv layers
-(all 16 by default: 303,104 features per 32x32 image).
+flattened, concatenated ReLU outputs of ``num_layers`` of VGG19's 16 conv layers (all 16 by
+default: 303,104 features per 32x32 image): the first ones in forward order, as the official
+code's ``numLayersToFtrMatching`` selects them (``layers="first"``), or the last ones.
 
 Two ways of running it (both from the same weights file):
   * ``official=True``, as the official PRISM code runs it: ``vgg19_bn`` is never put in eval
@@ -34,6 +35,7 @@ from prism_jax import generator
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512),
           (512, 512, 512, 512))
 NUM_CONV = sum(len(b) for b in BLOCKS)     # 16
+LAYER_CHOICES = ("first", "last")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_EPS = 1e-5
@@ -71,9 +73,18 @@ class VGG19(nn.Module):
         x = jax.nn.relu(x)
         outs.append(x)
         i += 1
-      b, h, w, c = x.shape
-      x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max((2, 4))
+      x = max_pool2x2(x)
     return outs
+
+
+def max_pool2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling, stride 2, of NHWC ``x`` (odd rows / columns dropped, as PyTorch).
+
+  A window reduction, whose gradient goes to the argmax it found. The gradient of a
+  reshape-and-``max`` instead goes to the entries equal to the recomputed maximum, and XLA
+  may recompute the pooled map in another fusion, rounded differently (seen at LLVM
+  optimisation level 0 after a batch norm): no entry equals it and the gradient is 0 / 0."""
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
 def to_rgb(images: jax.Array) -> jax.Array:
@@ -87,15 +98,28 @@ def normalize(images: jax.Array) -> jax.Array:
   return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
 
 
-def features(params, images: jax.Array, *, num_layers: int = NUM_CONV,
-             batch_norm: bool = False, width: float = 1.0, official: bool = False) -> jax.Array:
-  """``[B, H, W, C]`` in [-1, 1] -> ``[B, D]``: the last ``num_layers`` conv ReLU maps
-  (``official``: batch-statistics BN on raw [-1, 1] inputs, see the module docstring)."""
+def check_layers(num_layers: int, layers: str) -> None:
   if not 1 <= num_layers <= NUM_CONV:
     raise ValueError(f"num_layers must lie in [1, {NUM_CONV}], got {num_layers}")
+  if layers not in LAYER_CHOICES:
+    raise ValueError(f"layers must be one of {LAYER_CHOICES}, got {layers!r}")
+
+
+def selected(outs: list, num_layers: int, layers: str = "first") -> list:
+  """The ``num_layers`` first (official ``numLayersToFtrMatching``) or last of ``outs``."""
+  return outs[:num_layers] if layers == "first" else outs[len(outs) - num_layers:]
+
+
+def features(params, images: jax.Array, *, num_layers: int = NUM_CONV, layers: str = "first",
+             batch_norm: bool = False, width: float = 1.0, official: bool = False) -> jax.Array:
+  """``[B, H, W, C]`` in [-1, 1] -> ``[B, D]``: ``num_layers`` conv ReLU maps, the first or
+  the last (``layers``), each flattened in (H, W, C) order (``official``: batch-statistics
+  BN on raw [-1, 1] inputs, see the module docstring)."""
+  check_layers(num_layers, layers)
   x = to_rgb(images) if official else normalize(images)
   outs = VGG19(batch_norm, width, batch_stats=official).apply({"params": params}, x)
-  return jnp.concatenate([o.reshape(o.shape[0], -1) for o in outs[-num_layers:]], axis=1)
+  outs = selected(outs, num_layers, layers)
+  return jnp.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)
 
 
 def init_params(key: jax.Array, batch_norm: bool = False, width: float = 1.0,
@@ -161,20 +185,28 @@ def load_params(path: str, batch_norm: bool | None = None, width: float = 1.0):
   return from_torch_state_dict(state, batch_norm, width)
 
 
-def num_features(image_size: int, num_layers: int = NUM_CONV, width: float = 1.0) -> int:
-  """Feature dimension D at ``image_size`` (303,104 for all 16 layers at 32x32)."""
-  dims, size = [], image_size
+def layer_shapes(image_size: int, num_layers: int = NUM_CONV, width: float = 1.0,
+                 layers: str = "first") -> list[tuple[int, int, int]]:
+  """``(H, W, C)`` of each selected ReLU map at ``image_size``, in feature order."""
+  shapes, size = [], image_size
   for block in BLOCKS:
-    dims += [max(1, int(c * width)) * size * size for c in block]
+    shapes += [(size, size, max(1, int(c * width))) for c in block]
     size = max(size // 2, 0)
-  return sum(dims[-num_layers:])
+  return selected(shapes, num_layers, layers)
+
+
+def num_features(image_size: int, num_layers: int = NUM_CONV, width: float = 1.0,
+                 layers: str = "first") -> int:
+  """Feature dimension D at ``image_size`` (303,104 for all 16 layers at 32x32)."""
+  return sum(math.prod(s) for s in layer_shapes(image_size, num_layers, width, layers))
 
 
 def make_extractor(num_layers: int = NUM_CONV, batch_norm: bool = False, width: float = 1.0,
-                   official: bool = False):
+                   official: bool = False, layers: str = "first"):
   """``psi(params, images)`` with the layer selection bound (static under jit)."""
-  return functools.partial(features, num_layers=num_layers, batch_norm=batch_norm, width=width,
-                           official=official)
+  check_layers(num_layers, layers)
+  return functools.partial(features, num_layers=num_layers, layers=layers,
+                           batch_norm=batch_norm, width=width, official=official)
 
 
 def _convert(argv=None):

@@ -1,6 +1,7 @@
 """VGG19 extractor: torchvision-layout weights file -> Flax, against an independent NCHW
 reference computed on the same weights."""
 import functools
+import math
 
 import chex
 import jax
@@ -92,11 +93,22 @@ def test_official_features_depend_on_the_batch():
 def test_layer_selection_and_feature_count():
   assert vgg.num_features(32) == 303_104          # the paper's 16 layers at 32x32
   params = vgg.init_params(jax.random.key(0), width=WIDTH)
-  x = jnp.zeros((2, 32, 32, 3))
-  last4 = vgg.features(params, x, num_layers=4, width=WIDTH)
-  assert last4.shape == (2, vgg.num_features(32, 4, WIDTH))
+  x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3), minval=-1, maxval=1)
+  every = vgg.features(params, x, width=WIDTH)
+  sizes = [math.prod(s) for s in vgg.layer_shapes(32, width=WIDTH)]
+  assert every.shape == (2, sum(sizes))
+  # "first" (official numLayersToFtrMatching): the leading maps in forward order; "last": the
+  # trailing ones. Each is a slice of all 16 maps.
+  first4 = vgg.features(params, x, num_layers=4, width=WIDTH)
+  last4 = vgg.features(params, x, num_layers=4, layers="last", width=WIDTH)
+  assert first4.shape == (2, vgg.num_features(32, 4, WIDTH)) == (2, sum(sizes[:4]))
+  assert last4.shape == (2, vgg.num_features(32, 4, WIDTH, "last")) == (2, sum(sizes[-4:]))
+  np.testing.assert_array_equal(first4, every[:, :sum(sizes[:4])])
+  np.testing.assert_array_equal(last4, every[:, -sum(sizes[-4:]):])
   with pytest.raises(ValueError, match="num_layers"):
     vgg.features(params, x, num_layers=17, width=WIDTH)
+  with pytest.raises(ValueError, match="layers"):
+    vgg.features(params, x, num_layers=4, layers="middle", width=WIDTH)
 
 
 def test_wrong_shape_names_the_layer(tmp_path):

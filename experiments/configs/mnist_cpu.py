@@ -112,6 +112,8 @@ def get_config(variant: str = ""):
   # Server.
   c.mada = True
   c.smoothing = 0.01
+  c.lambda_counts = "weights"                # MADA's Hamming distance over every weight once;
+                                             # "state_dict": as the official code counts
   c.prism_alpha = 0.0                        # PRISM-alpha: last fraction of layers send theta
   c.client_chunk = ml_collections.config_dict.placeholder(int)   # clients vmapped at once per
                                              # device (lax.map over chunks); None: all at once

@@ -23,8 +23,10 @@
 
 Every setting runs the official code's behaviour where it differs from the paper's text
 (README, "Differences from the official code"): each client's Adam state carried across
-rounds, VGG19-BN with batch-statistics BN on raw [-1, 1] inputs, PyTorch's fan-in for the
-first layer, GFMN moving averages initialised as PyTorch's ``nn.Linear``, and evaluation of
+rounds, VGG19-BN with batch-statistics BN on raw [-1, 1] inputs and its first
+``num_layers`` ReLU maps, PyTorch's fan-in for the first layer, GFMN moving averages
+initialised as PyTorch's ``nn.Linear`` (each client its own), MADA's Hamming distance over
+the state dict's keys (residual-block convolutions twice), and evaluation of
 the fixed (exported), resampled (official) and thresholded masks.
 
 Example: ``python -m experiments.train --config=experiments/configs/paper.py:mnist_offline,dirichlet,cpu``
@@ -68,6 +70,7 @@ def get_config(arg: str = "mnist,dirichlet"):
   c.min_client_size = 10
   c.local.carry_optimizer = True       # official: each client's Adam lives for the whole run
   c.local.estimator, c.local.learning_rate = "prob", 0.1   # official: grad * theta, Adam 0.1
+  c.lambda_counts = "state_dict"       # official: MADA's Hamming distance over state-dict keys
   c.ngf, c.clients_per_round = 8, 4    # the cpu scale below; the paper's are set further down
   if "smoke" in flags:
     c.image_size, c.nz, c.ngf = 16, 16, 4
@@ -81,7 +84,8 @@ def get_config(arg: str = "mnist,dirichlet"):
     c.features = "vgg19"
     # Official: vgg19_bn, batch-statistics BN, raw [-1, 1] inputs (weights: a vgg19_bn file).
     c.features_kwargs = ml_collections.ConfigDict(dict(
-        weights=ml_collections.config_dict.placeholder(str), num_layers=16, official=True))
+        weights=ml_collections.config_dict.placeholder(str), num_layers=16, layers="first",
+        official=True))
     c.loss = ml_collections.ConfigDict({"name": "gfmn", "kwargs": {"learning_rate": 1e-5,
                                                                    "v_init": "torch"}})
     c.local.local_steps = 100
