@@ -33,6 +33,25 @@ def test_gradients_reach_scores_only(tiny_model, tiny_objective, key):
   assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(g_weights))
 
 
+def test_replayed_masks_give_the_drawn_step(tiny_model, tiny_objective, key):
+  """A step given the masks its key draws is the step itself (bitwise); other masks give
+  another step."""
+  w = generator.init_weights(tiny_model, 0)
+  s = generator.init_scores(key, w)
+  images = jax.random.randint(jax.random.key(1), (1, 32, 16, 16, 1), 0, 256).astype(jnp.uint8)
+  cfg = client.LocalConfig(local_steps=1, batch_size=8)
+  k_mask = jax.random.split(jax.random.split(key)[1])[1]   # client_step, then Objective
+  theta = masking.keep_prob(s)
+  drawn = jax.tree.map(jax.random.bernoulli, masking.leaf_keys(k_mask, theta), theta)
+  step = jax.jit(lambda m: client.client_step(client.client_init(s, cfg), w, images[0],
+                                              jnp.int32(32), key, objective=tiny_objective,
+                                              cfg=cfg, masks=m))
+  (a, la), (b, lb) = step(None), step(drawn)
+  chex.assert_trees_all_equal((a.scores, la), (b.scores, lb))
+  c, lc = step(jax.tree.map(jnp.logical_not, drawn))
+  assert float(lc) != float(la)
+
+
 def test_local_training_lowers_loss_and_uploads_bits(tiny_model, tiny_objective, key):
   w = generator.init_weights(tiny_model, 0)
   s = generator.init_scores(key, w)

@@ -228,6 +228,18 @@ def test_gfmn_round_keeps_per_client_moving_averages(tiny_model):
     step(state, _data(), jax.random.key(1))
 
 
+def test_gfmn_nets_start_from_each_clients_own_draw(tiny_model):
+  """v_init="torch": every client builds its own nn.Linear nets (official), so the initial
+  moving averages differ between clients; client k's is the loss's init for client k."""
+  obj = client.Objective(tiny_model, features.pixels, losses.get_loss("gfmn", v_init="torch"))
+  state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=_prism(obj))
+  v = np.asarray(state.local_states.loss.v_mean)
+  assert len({row.tobytes() for row in v}) == v.shape[0]
+  bound = 1 / np.sqrt(v.shape[1])
+  assert np.all(np.abs(v) <= bound) and np.abs(v).max() > 0.9 * bound
+  np.testing.assert_array_equal(v[2], obj.loss.init(v.shape[1], 2).v_mean)
+
+
 def test_chunked_clients_match_all_at_once(tiny_model, tiny_objective):
   """lax.map over chunks of vmapped clients computes the same round."""
   state = rnd.init_state(tiny_model, 0, jax.random.key(0))

@@ -28,6 +28,28 @@ def test_hamming():
   np.testing.assert_allclose(server.hamming(a, b), 3 / 6)
 
 
+def test_hamming_with_copies_counts_each_copy_as_its_own_pair():
+  # "y" holds 2 independent pairs (the official state dict lists such a layer twice).
+  a = {"x": jnp.array([1, 0, 1, 1], bool), "y": jnp.array([[0, 0], [1, 1]], bool)}
+  b = {"x": jnp.array([1, 1, 1, 0], bool), "y": jnp.array([[0, 1], [0, 1]], bool)}
+  np.testing.assert_allclose(server.hamming(a, b, {"x": 1, "y": 2}), 4 / 8)
+
+
+def test_lambda_over_state_dict_copies_draws_each_copy():
+  # Layer "y" is certain to differ, "x" never: counted twice, "y" weighs 2 / 3.
+  prev = {"x": jnp.full((3,), 50.0), "y": jnp.full((3,), 50.0)}
+  new = {"x": jnp.full((3,), 50.0), "y": jnp.full((3,), -50.0)}
+  key = jax.random.key(0)
+  np.testing.assert_allclose(server.mada_lambda(key, prev, new), 0.5)
+  np.testing.assert_allclose(server.mada_lambda(key, prev, new, {"x": 1, "y": 2}), 2 / 3)
+  # Uncertain layers: two copies are two independent draws, not one counted twice.
+  half = {"y": jnp.zeros((20_000,))}
+  lam = server.mada_lambda(key, half, half, {"y": 2})
+  assert abs(float(lam) - 0.5) < 0.01
+  with pytest.raises(ValueError, match="lambda_counts"):
+    server.ServerConfig(lambda_counts="keys")
+
+
 def test_mada_hand_computed():
   # Saturated scores make both sampled masks deterministic: 2 of 4 bits differ -> lambda 1/2.
   prev = {"w": jnp.array([50.0, 50.0, -50.0, -50.0])}
