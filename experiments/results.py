@@ -8,6 +8,8 @@
                                                      # RESULTS.md (others: RESULTS-<suite>.md)
   python -m experiments.results --suite=dp --parallel=2   # PBM vs clients per round:
                                                      # 100 clients ~50 min, 1,000 ~8 h
+  python -m experiments.results --suite=official --official=/tmp/PRISM_ICLR25 --parallel=2
+                                 # prism-jax and the official code, same setting (torch)
 
 Every run is ``python -m experiments.<dataset> --setting=...`` in its own process, in
 ``<runs_dir>/<name>``; a finished run (``summary.json``) is reused, an interrupted one
@@ -40,9 +42,15 @@ class Run:
   overrides: tuple = ()      # extra --config.<k>=<v>
   label: str = ""            # method as shown in the tables
   seed: int = 0              # frozen-weight and training seed (config.seed, config.train_seed)
+  # "prism_jax": experiments.train on the config file ``setting``; "official": the official
+  # code's loop on it (benchmarks.official_run, needs torch and --official); None: the
+  # paper settings' experiments.<dataset> --setting
+  runner: str | None = None
 
   @property
   def split(self) -> str:
+    if self.runner:   # a config file: the official_cpu setting's split
+      return "dirichlet"
     return next(p for p in self.setting.split(",") if p in ("iid", "shards", "dirichlet"))
 
 
@@ -191,6 +199,18 @@ def _smoke() -> list[Run]:
           for split, m in ((_non_iid(d), "prism"), ("iid", "fedavg"), ("iid", "dp"))]
 
 
+OFFICIAL_CONFIG = os.path.join("experiments", "configs", "official_cpu.py")
+OFFICIAL_SEEDS = (0, 1)
+
+
+def _official() -> list[Run]:
+  """Both implementations on the same CPU-scale paper setting, with and without MADA."""
+  return [Run(f"{impl}-{'mada' if mada else 'nomada'}-s{seed}", "mnist_offline",
+              OFFICIAL_CONFIG, (("mada", mada),), label=impl, seed=seed, runner=impl)
+          for seed in OFFICIAL_SEEDS for mada in (True, False)
+          for impl in ("prism_jax", "official")]
+
+
 def _paper() -> list[Run]:
   runs = []
   for d in ("mnist", "fashion_mnist", "cifar10", "celeb_a"):
@@ -220,11 +240,13 @@ def report_path(suite: str) -> str:
 
 
 SUITES = {"mnist_cpu": _mnist_cpu, "smoke": _smoke, "paper": _paper, "mnist_long": _mnist_long,
+          "official": _official,
           "dp": _dp}
 # Suites whose finished runs are kept in the repository (checkpoints and event files are
 # ignored), so that a long suite continues on another machine from its finished runs.
 COMMITTED_RUNS = {"mnist_long": os.path.join("results", "mnist_long"),
-                  "dp": os.path.join("results", "dp")}
+                  "dp": os.path.join("results", "dp"),
+                  "official": os.path.join("results", "official")}
 MODES = evaluation.MODES
 FID_TARGETS = (200.0, 100.0, 50.0, 30.0)       # domain-FID levels for rounds / bits to target
 
@@ -245,11 +267,31 @@ PAPER_FID = {
 }
 
 
-def run_one(run: Run, runs_dir: str, data_dir: str | None) -> str:
+def _command(run: Run, workdir: str, official: str | None) -> list[str] | str:
+  """The command of a config-file run (``runner``), or why it cannot run."""
+  mada = dict(run.overrides)["mada"]
+  if run.runner == "official":
+    if not official:
+      return "skipped: the official runs need --official=PATH (the fetched repository) and torch"
+    return [sys.executable, "-m", "benchmarks.official_run", f"--official={official}",
+            f"--config={run.setting}", f"--workdir={workdir}", f"--seed={run.seed}",
+            f"--mada={str(mada).lower()}"]
+  cmd = [sys.executable, "-m", "experiments.train", f"--config={run.setting}",
+         f"--workdir={workdir}", f"--config.mada={mada}", f"--config.seed={run.seed}",
+         f"--config.train_seed={run.seed}"]
+  return cmd + (["--resume"] if os.path.exists(os.path.join(workdir, "config.json")) else [])
+
+
+def run_one(run: Run, runs_dir: str, data_dir: str | None, official: str | None = None) -> str:
   """Runs (or resumes, or reuses) one experiment; returns its status."""
   workdir = os.path.join(runs_dir, run.name)
   if os.path.exists(os.path.join(workdir, "summary.json")):
     return "reused"
+  if run.runner:
+    cmd = _command(run, workdir, official)
+    if isinstance(cmd, str):
+      return cmd
+    return _call(cmd, runs_dir, run.name)
   dataset = "mnist_offline" if "offline" in run.setting else run.dataset
   if not data.is_prepared(dataset, data_dir):
     return f"skipped: {dataset} is not prepared ({data.prepare_command(dataset, data_dir)})"
@@ -262,11 +304,15 @@ def run_one(run: Run, runs_dir: str, data_dir: str | None) -> str:
     cmd.append(f"--config.data_dir={data_dir}")
   if os.path.exists(os.path.join(workdir, "config.json")):
     cmd.append("--resume")
+  return _call(cmd, runs_dir, run.name)
+
+
+def _call(cmd: list[str], runs_dir: str, name: str) -> str:
   os.makedirs(runs_dir, exist_ok=True)
   print("$", " ".join(cmd), flush=True)
-  with open(os.path.join(runs_dir, f"{run.name}.log"), "a") as log:
+  with open(os.path.join(runs_dir, f"{name}.log"), "a") as log:
     rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-  return "ran" if rc == 0 else f"failed (exit {rc}; see {run.name}.log)"
+  return "ran" if rc == 0 else f"failed (exit {rc}; see {name}.log)"
 
 
 def _load(runs_dir: str, run: Run) -> dict | None:
@@ -635,6 +681,9 @@ def main(argv=None):
   parser.add_argument("--parallel", type=int, default=1, help="runs at a time, each in its "
                       "own process (two on a 2-core CPU: 1.1-1.24x the throughput of one)")
   parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("--official", default=os.environ.get("PRISM_OFFICIAL"),
+                      help="the fetched official repository (suite official; env "
+                      "PRISM_OFFICIAL)")
   parser.add_argument("--note", default="", help="a sentence for the report's header "
                       "(e.g. where the data came from)")
   args = parser.parse_args(argv)
@@ -654,11 +703,15 @@ def main(argv=None):
   if not args.report_only:
     def one(run):
       t0 = time.perf_counter()
-      status[run.name] = run_one(run, runs_dir, args.data_dir)
+      status[run.name] = run_one(run, runs_dir, args.data_dir, args.official)
       print(f"{run.name}: {status[run.name]} ({time.perf_counter() - t0:.0f}s)", flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
       list(pool.map(one, runs))   # each run is its own process; threads only wait on them
-  report(args.suite, all_runs, runs_dir, out, args.figures, status, args.note)
+  if args.suite == "official":
+    from experiments import official_report
+    official_report.report(all_runs, runs_dir, out, args.figures, status)
+  else:
+    report(args.suite, all_runs, runs_dir, out, args.figures, status, args.note)
   print(f"wrote {out}")
 
 

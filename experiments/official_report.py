@@ -1,0 +1,180 @@
+"""RESULTS-official.md: prism-jax and the official code on the same setting, and MADA in each.
+
+Read from the run directories of ``python -m experiments.results --suite=official`` (each
+run's ``metrics.jsonl``: the evaluated rounds' domain-FID of the fixed mask, the exported
+model, and of resampled masks, the official protocol); nothing is typed by hand.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+MODES = ("fixed", "resampled")
+IMPLS = ("prism_jax", "official")
+
+
+def evaluated(workdir: str) -> dict[int, dict]:
+  """Round -> metrics of the evaluated rounds (a round redone after a crash: its last row)."""
+  rows = {}
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        if line.strip():
+          r = json.loads(line)
+          if "domain_fid_fixed" in r and r.get("round", 0) > 0:
+            rows[int(r["round"])] = r
+  except OSError:
+    pass
+  return rows
+
+
+def _mean_sd(values: list[float]) -> str:
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.1f} (1 seed)"
+  return (f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} "
+          f"({', '.join(f'{v:.1f}' for v in values)})")
+
+
+def _group(runs, runs_dir):
+  """``(impl, mada) -> [(seed, {round: row}, finished)]``."""
+  out = {}
+  for run in runs:
+    mada = dict(run.overrides)["mada"]
+    workdir = os.path.join(runs_dir, run.name)
+    out.setdefault((run.runner, mada), []).append(
+        (run.seed, evaluated(workdir), os.path.exists(os.path.join(workdir, "summary.json"))))
+  return out
+
+
+def final_table(groups, rounds: int) -> list[str]:
+  lines = ["| implementation | MADA | finished seeds | fixed mask (exported): final domain-FID, "
+           "mean ± sd (per seed) | resampled (official protocol) | evaluated rounds done |",
+           "|---|---|---|---|---|---|"]
+  for (impl, mada), runs in sorted(groups.items(), key=lambda kv: (IMPLS.index(kv[0][0]),
+                                                                  not kv[0][1])):
+    done = [rows[max(rows)] for _, rows, finished in runs if finished and rows]
+    cells = [_mean_sd([r[f"domain_fid_{m}"] for r in done]) for m in MODES]
+    progress = ", ".join(f"s{seed}: {max(rows) if rows else 0}/{rounds}"
+                         for seed, rows, _ in runs)
+    lines.append(f"| {impl} | {'yes' if mada else 'no'} | {len(done)} | {cells[0]} | "
+                 f"{cells[1]} | {progress} |")
+  return lines
+
+
+def curves_table(groups) -> list[str]:
+  keys = sorted(groups, key=lambda k: (IMPLS.index(k[0]), not k[1]))
+  rounds = sorted({r for runs in groups.values() for _, rows, _ in runs for r in rows})
+  if not rounds:
+    return []
+  head = " | ".join(f"{impl}{'' if mada else ' w/o MADA'}" for impl, mada in keys)
+  lines = [f"| round | {head} |", "|---" * (len(keys) + 1) + "|"]
+  for r in rounds:
+    cells = []
+    for k in keys:
+      vals = [rows[r]["domain_fid_fixed"] for _, rows, _ in groups[k] if r in rows]
+      cells.append(f"{statistics.mean(vals):.1f} (n={len(vals)})" if vals else "-")
+    lines.append(f"| {r} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def verdicts(groups) -> list[str]:
+  """Per implementation, MADA against no MADA (paired by seed); and the two implementations
+  against each other beside the seed spread."""
+  lines = []
+  for impl in IMPLS:
+    pairs = []
+    with_ = {s: rows for s, rows, f in groups.get((impl, True), []) if f and rows}
+    without = {s: rows for s, rows, f in groups.get((impl, False), []) if f and rows}
+    for s in sorted(set(with_) & set(without)):
+      pairs.append((with_[s][max(with_[s])], without[s][max(without[s])]))
+    if not pairs:
+      lines.append(f"- **MADA in {impl}**: no seed has finished both runs yet.")
+      continue
+    for mode in MODES:
+      better = sum(a[f"domain_fid_{mode}"] < b[f"domain_fid_{mode}"] for a, b in pairs)
+      diff = [a[f"domain_fid_{mode}"] - b[f"domain_fid_{mode}"] for a, b in pairs]
+      verdict = ("helps" if better == len(pairs) else "hurts" if better == 0 else "mixed")
+      lines.append(f"- **MADA in {impl}** ({mode} mask, {len(pairs)} seed(s)): final "
+                   f"domain-FID with minus without MADA {statistics.mean(diff):+.1f} on "
+                   f"average; MADA better on {better} of {len(pairs)}: {verdict} at this scale.")
+  for mada in (True, False):
+    finals = {impl: [rows[max(rows)]["domain_fid_fixed"] for _, rows, f in
+                     groups.get((impl, mada), []) if f and rows] for impl in IMPLS}
+    if all(len(v) >= 2 for v in finals.values()):
+      gap = abs(statistics.mean(finals["prism_jax"]) - statistics.mean(finals["official"]))
+      spread = max(max(v) - min(v) for v in finals.values())
+      agree = "within" if gap <= spread else "beyond"
+      lines.append(f"- **prism-jax against the official code, {'with' if mada else 'without'} "
+                   f"MADA** (fixed mask): the means differ by {gap:.1f}, {agree} the larger "
+                   f"seed range ({spread:.1f}).")
+  return lines
+
+
+def figure(groups, path: str) -> str | None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  if not any(rows for runs in groups.values() for _, rows, _ in runs):
+    return None
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+  styles = {"prism_jax": "-", "official": "--"}
+  colors = {True: "tab:blue", False: "tab:orange"}
+  for ax, mode in zip(axes, MODES):
+    for (impl, mada), runs in groups.items():
+      for i, (seed, rows, _) in enumerate(runs):
+        if rows:
+          pts = sorted((r, row[f"domain_fid_{mode}"]) for r, row in rows.items())
+          ax.plot(*zip(*pts), styles[impl], color=colors[mada], marker=".",
+                  label=f"{impl}{'' if mada else ' w/o MADA'}" if i == 0 else None)
+    ax.set_title(f"domain-FID, {mode} mask", fontsize=9)
+    ax.set_xlabel("round", fontsize=8)
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def report(runs, runs_dir: str, out: str, fig_dir: str, status: dict) -> str:
+  from experiments.configs import overrides
+  config = overrides.load_config_file(runs[0].setting)
+  groups = _group(runs, runs_dir)
+  lines = ["# Results: suite `official`", "",
+           f"Generated by `python -m experiments.results --suite=official` from the run "
+           f"directories in `{runs_dir}` on {time.strftime('%Y-%m-%d')}; no number here is "
+           "typed by hand. Domain-FID uses the offline domain classifier (a small CNN trained "
+           "on MNIST's held-out split), not InceptionV3; both implementations' samples are "
+           "scored by the same evaluator on the same test images.", "",
+           f"- Setting (`{runs[0].setting}`): MNIST, Dirichlet({config.alpha}) over "
+           f"{config.num_clients} clients, all of them every round, {config.rounds} rounds of "
+           f"{config.local.local_steps} local steps of batch {config.local.batch_size}, "
+           f"generator ngf {config.ngf}, GFMN moment matching (moving averages at "
+           f"{config.loss.kwargs.learning_rate:g}) on the `{config.features}` feature network, "
+           f"Adam {config.local.learning_rate:g} (b1 {config.local.b1:g}) on the scores; "
+           f"evaluation on {config.eval.num_samples} samples every {config.eval.every} rounds.",
+           "- prism-jax: `experiments.train` on that config. Official: the official "
+           "repository's server and clients, unmodified, on the same client split and "
+           "feature network (`benchmarks.official_run`). Seeds differ in the frozen weights "
+           "(each implementation draws its own) and in every random draw.", "",
+           "## Final domain-FID", ""] + final_table(groups, config.rounds)
+  lines += ["", "## Verdicts", ""] + verdicts(groups)
+  lines += ["", "## Domain-FID per evaluated round (fixed mask, mean over seeds)", ""]
+  lines += curves_table(groups) or ["No evaluated rounds yet."]
+  fig = figure(groups, os.path.join(fig_dir, "official_curves.png"))
+  if fig:
+    rel = os.path.relpath(os.path.abspath(fig), os.path.dirname(os.path.abspath(out)))
+    lines += ["", f"![official_curves.png]({rel})"]
+  notes = [f"- `{run.name}`: {status[run.name]}" for run in runs
+           if status.get(run.name, "").startswith(("skipped", "failed"))]
+  if notes:
+    lines += ["", "## Runs that did not run", ""] + notes
+  text = "\n".join(lines) + "\n"
+  with open(out, "w") as f:
+    f.write(text)
+  return text
