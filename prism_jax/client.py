@@ -140,7 +140,7 @@ class Objective:
     else:
       fake = generator.generate(self.model, weights, params, z, k_mask, "sample",
                                 self.estimator, masks)
-    fake_feats = self.features.apply(feature_params, fake)
+    fake_feats = self.features.apply_fake(feature_params, fake)
     if not self.uses_stats:
       chex.assert_equal_shape([real, fake])
       real = self.features.apply(feature_params, real)

@@ -33,6 +33,14 @@ class Extractor:
   # Features depend on the whole batch (batch-statistics BN, the official VGG19): real
   # statistics are then computed over shuffled batches of the local batch size.
   batch_dependent: bool = False
+  # Applied to generated images only, before ``apply`` (the official code rescales colour
+  # fakes to the ImageNet-normalised range but feeds real images as they are); None: none.
+  prepare_fake: Callable[[jax.Array], jax.Array] | None = None
+
+  def apply_fake(self, params, images: jax.Array) -> jax.Array:
+    """Features of generated images (:attr:`prepare_fake` first)."""
+    return self.apply(params, images if self.prepare_fake is None else
+                      self.prepare_fake(images))
 
   def __call__(self, images: jax.Array) -> jax.Array:
     return self.apply(self.params, images)
@@ -61,11 +69,15 @@ def _pixels_apply(params, images):
 
 def vgg19(weights: str | None = None, num_layers: int = vgg.NUM_CONV,
           batch_norm: bool | None = None, width: float = 1.0, seed: int = 0,
-          image_size: int = 32, official: bool = False, layers: str = "first") -> Extractor:
+          image_size: int = 32, official: bool = False, layers: str = "first",
+          fake_range: str = "same") -> Extractor:
   """VGG19 features from a torchvision weights file (``.npz``, see :mod:`prism_jax.vgg`).
 
   ``num_layers`` ReLU maps, the first ones in forward order (``layers="first"``, the
   official ``numLayersToFtrMatching``) or the last ones; the same at 16, all of them.
+  ``fake_range="imagenet"``: colour fakes are rescaled from [-1, 1] to the ImageNet-normalised
+  range before the network and real images are not, as the official client's
+  ``preprocess_fakeData`` does (grey images are only repeated to RGB); ``"same"``: both alike.
 
   ``official``: run it as the official code does (``vgg19_bn`` with batch-statistics BN,
   raw [-1, 1] inputs; :mod:`prism_jax.vgg`). ``weights="random"`` uses random weights from
@@ -85,11 +97,15 @@ def vgg19(weights: str | None = None, num_layers: int = vgg.NUM_CONV,
   if official and not batch_norm:
     raise ValueError("official VGG19 features are vgg19_bn's: give a vgg19_bn weights file "
                      "(or batch_norm=True with weights='random')")
+  if fake_range not in ("same", "imagenet"):
+    raise ValueError(f"fake_range must be 'same' or 'imagenet', got {fake_range!r}")
   apply = vgg.make_extractor(num_layers, batch_norm, width, official, layers)
   which = "" if num_layers == vgg.NUM_CONV or layers == "first" else "last"
   name = (f"vgg19{'_bn' if batch_norm else ''}{'-official' if official else ''}"
           f"-L{num_layers}{which}")
-  return Extractor(name, apply, params, batch_dependent=official)
+  prepare = vgg.imagenet_range if fake_range == "imagenet" else None
+  return Extractor(name + ("-fakes_imagenet" if prepare else ""), apply, params,
+                   batch_dependent=official, prepare_fake=prepare)
 
 
 class FeatureCNN(nn.Module):

@@ -92,6 +92,17 @@ def to_rgb(images: jax.Array) -> jax.Array:
   return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
+def imagenet_range(images: jax.Array) -> jax.Array:
+  """Colour images in [-1, 1] -> each channel's ImageNet-normalised range, as the official
+  client's ``preprocess_fakeData`` maps generated images (``(x + 1) range / 2 + min``);
+  grey images unchanged (the network repeats them to RGB)."""
+  if images.shape[-1] != 3:
+    return images
+  mean, std = jnp.asarray(IMAGENET_MEAN, images.dtype), jnp.asarray(IMAGENET_STD, images.dtype)
+  lo, hi = -mean / std, (1.0 - mean) / std
+  return (images + 1.0) * (hi - lo) / 2.0 + lo
+
+
 def normalize(images: jax.Array) -> jax.Array:
   """[-1, 1] images (1 or 3 channels) -> ImageNet-normalised RGB."""
   x = (to_rgb(images) + 1.0) / 2.0

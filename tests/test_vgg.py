@@ -123,3 +123,25 @@ def test_wrong_shape_names_the_layer(tmp_path):
   (tmp_path / "junk.npz").write_bytes(b"not a zip")
   with pytest.raises(ValueError, match="unreadable"):
     vgg.load_params(str(tmp_path / "junk.npz"))
+
+
+def test_official_fake_range_rescales_colour_fakes_only():
+  """The official client's preprocess_fakeData: colour fakes to the ImageNet-normalised
+  range, ((x + 1) * range) / 2 + min per channel; grey ones unchanged; reals untouched."""
+  from prism_jax import features
+  x = jax.random.uniform(jax.random.key(3), (2, 4, 4, 3), minval=-1, maxval=1)
+  mean, std = np.array(vgg.IMAGENET_MEAN), np.array(vgg.IMAGENET_STD)
+  lo, hi = -mean / std, (1 - mean) / std
+  np.testing.assert_allclose(vgg.imagenet_range(x), ((np.asarray(x) + 1) * (hi - lo)) / 2 + lo,
+                             rtol=1e-5, atol=1e-6)
+  grey = x[..., :1]
+  np.testing.assert_array_equal(vgg.imagenet_range(grey), grey)
+  ex = features.vgg19("random", num_layers=2, width=WIDTH, official=True, batch_norm=True,
+                      fake_range="imagenet")
+  same = features.vgg19("random", num_layers=2, width=WIDTH, official=True, batch_norm=True)
+  img = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3), minval=-1, maxval=1)
+  np.testing.assert_array_equal(ex.apply(ex.params, img), same.apply(same.params, img))
+  np.testing.assert_array_equal(ex.apply_fake(ex.params, img),
+                                same.apply(same.params, vgg.imagenet_range(img)))
+  with pytest.raises(ValueError, match="fake_range"):
+    features.vgg19("random", fake_range="torch")

@@ -23,8 +23,8 @@
 
 Every setting runs the official code's behaviour where it differs from the paper's text
 (README, "Differences from the official code"): each client's Adam state carried across
-rounds, VGG19-BN with batch-statistics BN on raw [-1, 1] inputs and its first
-``num_layers`` ReLU maps, PyTorch's fan-in for the first layer, GFMN moving averages
+rounds, VGG19-BN with batch-statistics BN on raw [-1, 1] inputs (colour fakes rescaled to
+the ImageNet-normalised range, real images not) and its first ``num_layers`` ReLU maps, PyTorch's fan-in for the first layer, GFMN moving averages
 initialised as PyTorch's ``nn.Linear`` (each client its own), MADA's Hamming distance over
 the state dict's keys (residual-block convolutions twice), and evaluation of
 the fixed (exported), resampled (official) and thresholded masks.
@@ -85,7 +85,7 @@ def get_config(arg: str = "mnist,dirichlet"):
     # Official: vgg19_bn, batch-statistics BN, raw [-1, 1] inputs (weights: a vgg19_bn file).
     c.features_kwargs = ml_collections.ConfigDict(dict(
         weights=ml_collections.config_dict.placeholder(str), num_layers=16, layers="first",
-        official=True))
+        official=True, fake_range="imagenet"))
     c.loss = ml_collections.ConfigDict({"name": "gfmn", "kwargs": {"learning_rate": 1e-5,
                                                                    "v_init": "torch"}})
     c.local.local_steps = 100
