@@ -25,6 +25,9 @@ from prism_jax import dp, generator, losses, masking
 from prism_jax import features as feats
 
 
+SAMPLINGS = ("uniform", "epochs")
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalConfig:
   """Client hyper-parameters (defaults: the paper's)."""
@@ -43,6 +46,11 @@ class LocalConfig:
   # only to compare with the paper's DP figures like for like.
   dp_mode: str = "algorithm"
   unroll: int = 1             # lax.scan unroll of the local loop
+  # Real batches of the losses that read them: "uniform" with replacement, or "epochs": each
+  # round walks through the client's data in a fresh random order, batch after batch, and
+  # reshuffles when it has seen every example (a shuffling DataLoader, as the official code
+  # builds; its own local step compares against precomputed statistics and reads none).
+  sampling: str = "uniform"
   # The official code builds each client's Adam once and keeps it for the whole run (only
   # the scores are overwritten by the global ones each round): moments and step count carry
   # over. False: a fresh optimizer every round.
@@ -56,6 +64,8 @@ class LocalConfig:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if self.optimizer_name not in ("adam", "sgd"):
       raise ValueError(f"unknown optimizer {self.optimizer_name!r}; choose 'adam' or 'sgd'")
+    if self.sampling not in SAMPLINGS:
+      raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
     if self.dp_mode not in ("algorithm", "official"):
       raise ValueError(f"dp_mode must be 'algorithm' or 'official', got {self.dp_mode!r}")
     if self.estimator not in masking.ESTIMATORS:
@@ -160,6 +170,25 @@ def sample_batch(key: jax.Array, images: jax.Array, count: jax.Array, batch_size
   return to_float(images[idx])
 
 
+def epoch_batch(key: jax.Array, step: jax.Array, images: jax.Array, count: jax.Array,
+                batch_size: int):
+  """Batch ``step`` of a walk through the first ``count`` rows of padded ``images`` in
+  random orders, one per epoch (from ``key`` and the epoch's index): without replacement
+  within an epoch, the next epoch reshuffled, like a shuffling ``DataLoader``."""
+  n = jnp.maximum(count, 1)
+  pos = step * batch_size + jnp.arange(batch_size)
+  epoch, within = pos // n, pos % n
+
+  def order(e):   # the valid rows in epoch e's random order, padding last
+    u = jax.random.uniform(jax.random.fold_in(key, e), (images.shape[0],))
+    return jnp.argsort(jnp.where(jnp.arange(images.shape[0]) < n, u, 2.0))
+  first = epoch[0]   # a batch spans at most two epochs when batch_size <= count (beyond,
+  # the later epochs of the batch reuse the second order)
+  orders = jnp.stack([order(first), order(first + 1)])
+  idx = orders[jnp.minimum(epoch - first, 1), within]
+  return to_float(images[idx])
+
+
 def client_init(server_scores, cfg: LocalConfig, local: LocalState = LocalState()
                 ) -> ClientState:
   """The broadcast global scores, with the client's carried optimizer state when
@@ -170,12 +199,18 @@ def client_init(server_scores, cfg: LocalConfig, local: LocalState = LocalState(
 
 
 def client_step(state: ClientState, weights, images, count, key, *, objective: Objective,
-                cfg: LocalConfig, feature_params=None, real_stats=None, masks=None):
+                cfg: LocalConfig, feature_params=None, real_stats=None, masks=None,
+                epoch=None):
   """One local iteration; returns the new state and the loss before the step (``masks``:
-  binary masks replayed instead of drawn, see :class:`Objective`)."""
+  binary masks replayed instead of drawn, see :class:`Objective`; ``epoch``: ``(key,
+  step)`` of the round's walk through the data when ``cfg.sampling="epochs"``)."""
   k_batch, k_loss = jax.random.split(key)
-  real = real_stats if objective.uses_stats else sample_batch(k_batch, images, count,
-                                                              cfg.batch_size)
+  if objective.uses_stats:
+    real = real_stats
+  elif cfg.sampling == "epochs":
+    real = epoch_batch(*epoch, images, count, cfg.batch_size)
+  else:
+    real = sample_batch(k_batch, images, count, cfg.batch_size)
   (loss, loss_state), grads = jax.value_and_grad(objective, has_aux=True)(
       state.scores, weights, real, k_loss, feature_params, state.loss_state, cfg.batch_size,
       masks)
@@ -202,6 +237,9 @@ def client_final(state: ClientState, key: jax.Array, cfg: LocalConfig, send_prob
   return jax.tree.map(lambda p, t, m: t if p else m, send_probs, theta, mask)
 
 
+EPOCH_TAG = 0x45504F43   # fold_in tag of a client's round key for its epoch orders
+
+
 def client_update(server_scores, weights, images, count, key, *, objective: Objective,
                   cfg: LocalConfig, feature_params=None, real_stats=None,
                   local: LocalState = LocalState(), send_probs=None, upload=None):
@@ -215,13 +253,17 @@ def client_update(server_scores, weights, images, count, key, *, objective: Obje
   baseline) uploads its float32 weights.
   """
   k_steps, k_final = jax.random.split(key)
+  k_epochs = jax.random.fold_in(key, EPOCH_TAG)
 
-  def body(state, k):
+  def body(state, xs):
+    k, t = xs
     return client_step(state, weights, images, count, k, objective=objective, cfg=cfg,
-                       feature_params=feature_params, real_stats=real_stats)
+                       feature_params=feature_params, real_stats=real_stats,
+                       epoch=(k_epochs, t))
 
-  state, losses_ = jax.lax.scan(body, client_init(server_scores, cfg, local),
-                                jax.random.split(k_steps, cfg.local_steps), unroll=cfg.unroll)
+  steps = (jax.random.split(k_steps, cfg.local_steps), jnp.arange(cfg.local_steps))
+  state, losses_ = jax.lax.scan(body, client_init(server_scores, cfg, local), steps,
+                                unroll=cfg.unroll)
   metrics = {"loss": jnp.mean(losses_), "loss_first": losses_[0], "loss_last": losses_[-1]}
   local = LocalState(state.loss_state, state.opt_state if cfg.carry_optimizer else ())
   if objective.trains == "weights":

@@ -229,8 +229,15 @@ RESUMABLE = ("rounds", "sample_every", "checkpoint_every", "keep_checkpoints", "
 # Config fields (dotted paths) added after runs were first saved, each with the test that a
 # value keeps the computation such a run did (a saved run without the field resumes if it
 # passes).
-ADDED = {"refine": lambda v: (v or {}).get("start") is None,
-         "refine.local_steps": lambda v: v is None}
+GREY = ("mnist", "mnist_offline", "fashion_mnist")
+ADDED = {"refine": lambda v, c: (v or {}).get("start") is None,
+         "refine.local_steps": lambda v, c: v is None,
+         # fields added since: (value, whole config) -> the run computes what it did before
+         "lambda_counts": lambda v, c: v == "weights" or not c.get("mada", True),
+         "local.sampling": lambda v, c: v == "uniform" or c["loss"]["name"] == "gfmn",
+         "features_kwargs.layers": lambda v, c: (
+             v == "last" or c["features_kwargs"].get("num_layers", 16) == 16),
+         "features_kwargs.fake_range": lambda v, c: v == "same" or c["dataset"] in GREY}
 
 
 def _without_added(saved: dict, now: dict) -> dict:
@@ -244,7 +251,7 @@ def _without_added(saved: dict, now: dict) -> dict:
       if not (isinstance(s, dict) and isinstance(n, dict)):
         break
     else:
-      if leaf not in s and leaf in n and keeps(n[leaf]):
+      if leaf not in s and leaf in n and keeps(n[leaf], now):
         del n[leaf]
   return now
 

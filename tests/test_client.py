@@ -18,6 +18,38 @@ def test_sample_batch_never_reads_padding():
   np.testing.assert_allclose(batch, -1.0)      # uint8 0 -> -1: only real rows were drawn
 
 
+def test_epoch_batches_walk_the_data_without_replacement():
+  # 12 real rows (values 1..12) padded to 16; batches of 4: epoch 0 is steps 0-2, every row
+  # once; epoch 1 (steps 3-5) another order of the same rows.
+  images = np.zeros((16, 1, 1, 1), np.float32)
+  images[:12, 0, 0, 0] = np.arange(1, 13)
+  key = jax.random.key(0)
+  rows = [np.asarray(client.epoch_batch(key, jnp.int32(t), jnp.asarray(images), jnp.int32(12),
+                                        4)).ravel() for t in range(6)]
+  first, second = np.concatenate(rows[:3]), np.concatenate(rows[3:])
+  assert sorted(first) == sorted(second) == list(range(1, 13))   # no padding, no repeats
+  assert list(first) != list(second)                               # reshuffled
+  straddle = np.asarray(client.epoch_batch(key, jnp.int32(2), jnp.asarray(images),
+                                           jnp.int32(10), 4)).ravel()
+  assert straddle.min() >= 1 and straddle.max() <= 10         # only the 10 counted rows
+  assert len(set(straddle[:2])) == 2                          # end of epoch 0, then epoch 1
+  with pytest.raises(ValueError, match="sampling"):
+    client.LocalConfig(sampling="stratified")
+
+
+def test_client_update_reads_epoch_batches_when_asked(tiny_model, tiny_objective, key):
+  w = generator.init_weights(tiny_model, 0)
+  s = generator.init_scores(key, w)
+  images = jax.random.randint(jax.random.key(1), (12, 16, 16, 1), 0, 256).astype(jnp.uint8)
+  out = {}
+  for sampling in client.SAMPLINGS:
+    cfg = client.LocalConfig(local_steps=3, batch_size=4, sampling=sampling)
+    _, _, metrics = jax.jit(functools.partial(client.client_update, objective=tiny_objective,
+                                              cfg=cfg))(s, w, images, jnp.int32(12), key)
+    out[sampling] = float(metrics["loss"])
+  assert np.isfinite(list(out.values())).all() and out["uniform"] != out["epochs"]
+
+
 def test_gradients_reach_scores_only(tiny_model, tiny_objective, key):
   w = generator.init_weights(tiny_model, 0)
   s = generator.init_scores(key, w)

@@ -304,6 +304,26 @@ def test_runs_saved_before_a_field_existed_resume_while_it_is_off(tmp_path):
     train._check_resume(config, str(tmp_path))
 
 
+def test_runs_saved_before_the_official_options_resume_where_they_change_nothing(tmp_path):
+  """Fields added for the official behaviours: a run saved without them resumes when the new
+  value computes what the run did (GFMN reads no real batch: any sampling; a grey dataset:
+  any fake range; no MADA: any lambda count), and refuses when it would not."""
+  config = _tiny_config()
+  config.lambda_counts, config.local.sampling, config.mada = "state_dict", "epochs", False
+  saved = config.to_dict()
+  del saved["lambda_counts"], saved["local"]["sampling"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"differs in \['local'\]"):   # a real-batch loss
+    train._check_resume(config, str(tmp_path))
+  config.local.sampling = "uniform"
+  train._check_resume(config, str(tmp_path))
+  config.mada = True
+  saved["mada"] = True
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"differs in \['lambda_counts'\]"):
+    train._check_resume(config, str(tmp_path))
+
+
 def test_refine_config_builds_the_curriculum():
   config = _tiny_config()
   assert train.build(config).refine is None

@@ -92,7 +92,7 @@ def get_config(variant: str = ""):
   c.local = ml_collections.ConfigDict(dict(
       # Paper / official: learning_rate 0.1, estimator "prob" (grad * theta).
       local_steps=150, batch_size=64, optimizer_name="adam", learning_rate=0.3, b1=0.5,
-      b2=0.999, estimator="ste", carry_optimizer=True,
+      b2=0.999, estimator="ste", carry_optimizer=True, sampling="uniform",
       dp_noise_std=0.0, dp_clip=0.1, dp_mode="algorithm"))
   # Differential privacy: set dp.epsilon to calibrate the mechanism to it over `rounds`;
   # the spent (epsilon, delta) is logged every round. mechanism "gaussian": the algorithm's

@@ -71,6 +71,7 @@ def get_config(arg: str = "mnist,dirichlet"):
   c.local.carry_optimizer = True       # official: each client's Adam lives for the whole run
   c.local.estimator, c.local.learning_rate = "prob", 0.1   # official: grad * theta, Adam 0.1
   c.lambda_counts = "state_dict"       # official: MADA's Hamming distance over state-dict keys
+  c.local.sampling = "epochs"          # official: a shuffling DataLoader (real-batch losses)
   c.ngf, c.clients_per_round = 8, 4    # the cpu scale below; the paper's are set further down
   if "smoke" in flags:
     c.image_size, c.nz, c.ngf = 16, 16, 4
