@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import masking
+from prism_jax import generator, masking
 
 
 LAMBDA_COUNTS = ("weights", "state_dict")
@@ -103,15 +103,10 @@ def scores_from_probs(theta):
   return jax.tree.map(lambda t: jnp.log(t) - jnp.log1p(-t), theta)
 
 
-def hamming(mask_a, mask_b, copies=None) -> jax.Array:
-  """Fraction of differing bits between two mask PyTrees (over all weights).
-
-  ``copies``: a PyTree of ints (or None: 1 everywhere); leaf ``l`` holds ``copies_l``
-  independent mask pairs on a leading axis and counts that many times."""
-  if copies is None:
-    return masking.mean_over_weights(jax.tree.map(jnp.not_equal, mask_a, mask_b))
-  diff = jax.tree.leaves(jax.tree.map(jnp.not_equal, mask_a, mask_b))
-  return sum(jnp.sum(d, dtype=jnp.float32) for d in diff) / sum(int(d.size) for d in diff)
+def hamming(mask_a, mask_b) -> jax.Array:
+  """Fraction of differing bits between two mask PyTrees (over all their bits: a leaf
+  holding several mask pairs on a leading axis counts that many times)."""
+  return masking.mean_over_weights(jax.tree.map(jnp.not_equal, mask_a, mask_b))
 
 
 def mada_lambda(key: jax.Array, prev_scores, new_scores, copies=None) -> jax.Array:
@@ -125,15 +120,12 @@ def mada_lambda(key: jax.Array, prev_scores, new_scores, copies=None) -> jax.Arr
   theta = lambda s: jax.tree.map(lambda x, c: jnp.broadcast_to(  # noqa: E731
       jax.nn.sigmoid(x), (c, *x.shape)), s, copies)
   return hamming(masking.sample_binary(k_prev, theta(prev_scores)),
-                 masking.sample_binary(k_new, theta(new_scores)), copies)
+                 masking.sample_binary(k_new, theta(new_scores)))
 
 
 def lambda_copies(cfg: ServerConfig, scores):
   """The ``copies`` of :func:`mada_lambda` that ``cfg.lambda_counts`` asks for."""
-  if cfg.lambda_counts == "weights":
-    return None
-  from prism_jax import generator   # the generator's layout says which layers are doubled
-  return generator.state_dict_copies(scores)
+  return None if cfg.lambda_counts == "weights" else generator.state_dict_copies(scores)
 
 
 def mix(prev_scores, new_scores, lam: jax.Array):

@@ -145,10 +145,10 @@ def server_side(s: Side, lambda_counts: str = "state_dict"):
   """prism-jax's server step on the golden's uploads: scores without MADA, with MADA at the
   given lambda and at its own lambda from the given masks; and that lambda."""
   cfg = dataclasses.replace(s.prism.server, lambda_counts=lambda_counts)
-  uploads, prev, new, copies = G.server_inputs(s.state.scores)
+  uploads, prev, new, _ = G.server_inputs(s.state.scores)
   counts, n = server.tally(uploads, np.ones(G.NUM_CLIENTS))
-  if lambda_counts == "state_dict":
-    lam = server.hamming(prev, new, copies)
+  if lambda_counts == "state_dict":   # each doubled layer's two pairs
+    lam = server.hamming(prev, new)
   else:
     lam = server.hamming(jax.tree.map(lambda m: m[0], prev), jax.tree.map(lambda m: m[0], new))
   out = {"lambda": lam}

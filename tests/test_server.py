@@ -32,7 +32,7 @@ def test_hamming_with_copies_counts_each_copy_as_its_own_pair():
   # "y" holds 2 independent pairs (the official state dict lists such a layer twice).
   a = {"x": jnp.array([1, 0, 1, 1], bool), "y": jnp.array([[0, 0], [1, 1]], bool)}
   b = {"x": jnp.array([1, 1, 1, 0], bool), "y": jnp.array([[0, 1], [0, 1]], bool)}
-  np.testing.assert_allclose(server.hamming(a, b, {"x": 1, "y": 2}), 4 / 8)
+  np.testing.assert_allclose(server.hamming(a, b), 4 / 8)
 
 
 def test_lambda_over_state_dict_copies_draws_each_copy():
