@@ -31,7 +31,8 @@ class Extractor:
   apply: Callable[[Any, jax.Array], jax.Array]
   params: Any = ()
   # Features depend on the whole batch (batch-statistics BN, the official VGG19): real
-  # statistics are then computed over shuffled batches of the local batch size.
+  # statistics are then computed over shuffled batches of the local batch size, and
+  # ``apply(params, images, valid=rows)`` takes the rows of a padded batch to normalise over.
   batch_dependent: bool = False
   # Applied to generated images only, before ``apply`` (the official code rescales colour
   # fakes to the ImageNet-normalised range but feeds real images as they are); None: none.
@@ -172,18 +173,23 @@ def client_stats(extractor: Extractor, images: np.ndarray, counts: np.ndarray,
   in float64 (Chan et al.'s pairwise update: no cancellation, unlike the official code's
   one-pass sum of squares, which it equals up to rounding). For a ``batch_dependent``
   extractor the batches are the client's data in a shuffled order (``seed``), as the
-  official code's shuffling loader feeds them, with the last batch possibly smaller (one
-  compilation per distinct size; the result is cached by :func:`cached_client_stats`).
-  Other extractors get zero-padded fixed-size batches: one compilation for all clients.
+  official code's shuffling loader feeds them, the last one possibly smaller: it is padded
+  and its statistics taken over its real rows (``valid``), so every batch of every client
+  runs one compiled program (the result is cached by :func:`cached_client_stats`). Other
+  extractors get zero-padded fixed-size batches as well.
   """
   from prism_jax.client import to_float
 
   @jax.jit
   def batch_moments(params, x, n_valid):
     """Sum and centred sum of squares of the first ``n_valid`` rows' features."""
-    f = extractor.apply(params, to_float(x))
+    rows = jnp.arange(x.shape[0]) < n_valid
+    if extractor.batch_dependent:
+      f = extractor.apply(params, to_float(x), valid=rows)
+    else:
+      f = extractor.apply(params, to_float(x))
     f = f.reshape(f.shape[0], -1)
-    valid = (jnp.arange(f.shape[0]) < n_valid)[:, None]
+    valid = rows[:, None]
     total = jnp.where(valid, f, 0).sum(0)
     return total, jnp.where(valid, jnp.square(f - total / n_valid), 0).sum(0)
 
@@ -195,12 +201,11 @@ def client_stats(extractor: Extractor, images: np.ndarray, counts: np.ndarray,
     sums, m2s, sizes = [], [], []
     for i in range(0, n, batch_size):
       size = min(batch_size, n - i)
-      if order is None:    # padded to one shape (one compilation), padding rows ignored
-        x = images[k, i:i + batch_size]
-        x = np.concatenate([x, np.zeros((batch_size - len(x),) + x.shape[1:], x.dtype)])
-      else:                # batch statistics: the batch must be exactly the real rows
-        x = images[k, np.sort(order[i:i + batch_size])]
-      s_b, m2_b = batch_moments(extractor.params, x, size)
+      # padded to one shape (one compilation); padding rows ignored, also by batch norms
+      x = images[k, i:i + batch_size] if order is None else images[
+          k, np.sort(order[i:i + batch_size])]
+      x = np.concatenate([x, np.zeros((batch_size - len(x),) + x.shape[1:], x.dtype)])
+      s_b, m2_b = batch_moments(extractor.params, x, np.int32(size))
       sums.append(s_b), m2s.append(m2_b), sizes.append(size)
     sums, m2s = (np.asarray(jnp.stack(a), np.float64) for a in (sums, m2s))
     sizes = np.asarray(sizes, np.float64)[:, None]

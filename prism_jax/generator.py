@@ -33,10 +33,19 @@ def signed_constant(key, shape, dtype=jnp.float32, fan_in: int | None = None):
   return jax.random.rademacher(key, shape, dtype) * jnp.sqrt(2.0 / fan_in).astype(dtype)
 
 
-def batch_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-  """BatchNorm in training mode without affine: normalise over batch and space."""
-  mean = jnp.mean(x, axis=(0, 1, 2), keepdims=True)
-  var = jnp.var(x, axis=(0, 1, 2), keepdims=True)
+def batch_norm(x: jax.Array, eps: float = 1e-5, valid: jax.Array | None = None) -> jax.Array:
+  """BatchNorm in training mode without affine: normalise over batch and space.
+
+  ``valid`` (bool ``[batch]``): the statistics over those rows only, so that a batch padded
+  to a fixed size normalises its real rows as the unpadded batch would."""
+  if valid is None:
+    mean = jnp.mean(x, axis=(0, 1, 2), keepdims=True)
+    var = jnp.var(x, axis=(0, 1, 2), keepdims=True)
+  else:
+    w = valid.astype(x.dtype).reshape(-1, 1, 1, 1)
+    n = jnp.sum(w) * x.shape[1] * x.shape[2]
+    mean = jnp.sum(w * x, axis=(0, 1, 2), keepdims=True) / n
+    var = jnp.sum(w * jnp.square(x - mean), axis=(0, 1, 2), keepdims=True) / n
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
 

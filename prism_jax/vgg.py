@@ -52,7 +52,8 @@ class VGG19(nn.Module):
   batch_stats: bool = False   # BN with the current batch's statistics (PyTorch train mode)
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, valid=None):
+    """``valid`` (bool ``[batch]``, batch statistics only): the rows the statistics are over."""
     impl = self.conv_impl or generator.conv_auto_impl()
     outs, i = [], 0
     for block in BLOCKS:
@@ -66,7 +67,7 @@ class VGG19(nn.Module):
               ("scale", nn.initializers.ones), ("bias", nn.initializers.zeros),
               ("mean", nn.initializers.zeros), ("var", nn.initializers.ones))}
           if self.batch_stats:
-            x = generator.batch_norm(x, BN_EPS)
+            x = generator.batch_norm(x, BN_EPS, valid)
           else:
             x = (x - bn["mean"]) * jax.lax.rsqrt(bn["var"] + BN_EPS)
           x = x * bn["scale"] + bn["bias"]
@@ -122,13 +123,15 @@ def selected(outs: list, num_layers: int, layers: str = "first") -> list:
 
 
 def features(params, images: jax.Array, *, num_layers: int = NUM_CONV, layers: str = "first",
-             batch_norm: bool = False, width: float = 1.0, official: bool = False) -> jax.Array:
+             batch_norm: bool = False, width: float = 1.0, official: bool = False,
+             valid: jax.Array | None = None) -> jax.Array:
   """``[B, H, W, C]`` in [-1, 1] -> ``[B, D]``: ``num_layers`` conv ReLU maps, the first or
   the last (``layers``), each flattened in (H, W, C) order (``official``: batch-statistics
-  BN on raw [-1, 1] inputs, see the module docstring)."""
+  BN on raw [-1, 1] inputs, see the module docstring; ``valid``: the rows of a padded batch
+  that its statistics are over)."""
   check_layers(num_layers, layers)
   x = to_rgb(images) if official else normalize(images)
-  outs = VGG19(batch_norm, width, batch_stats=official).apply({"params": params}, x)
+  outs = VGG19(batch_norm, width, batch_stats=official).apply({"params": params}, x, valid)
   outs = selected(outs, num_layers, layers)
   return jnp.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)
 

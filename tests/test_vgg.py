@@ -145,3 +145,15 @@ def test_official_fake_range_rescales_colour_fakes_only():
                                 same.apply(same.params, vgg.imagenet_range(img)))
   with pytest.raises(ValueError, match="fake_range"):
     features.vgg19("random", fake_range="torch")
+
+
+def test_padded_batch_with_valid_rows_equals_the_unpadded_batch():
+  """Batch-statistics BN over the valid rows of a padded batch: the real rows' features are
+  those of the unpadded batch (the statistics setup's one shape)."""
+  params = vgg.init_params(jax.random.key(0), True, WIDTH)
+  x = jax.random.uniform(jax.random.key(5), (5, 32, 32, 1), minval=-1, maxval=1)
+  padded = jnp.concatenate([x, jnp.zeros((3, 32, 32, 1))])
+  f = functools.partial(vgg.features, params, batch_norm=True, width=WIDTH, official=True)
+  np.testing.assert_allclose(f(padded, valid=jnp.arange(8) < 5)[:5], f(x), rtol=1e-4,
+                             atol=1e-5)
+  assert not np.allclose(f(padded)[:5], f(x), atol=1e-3)   # unmasked padding shifts them
