@@ -182,7 +182,7 @@ def test_results_md_gathers_the_dp_verdict_from_the_committed_dp_runs(tmp_path, 
 def test_parallel_runs_overlap_and_the_report_covers_the_whole_suite(tmp_path, monkeypatch):
   both_running = threading.Barrier(2, timeout=30)   # broken (an error) if run one at a time
 
-  def run_one(run, runs_dir, data_dir):
+  def run_one(run, runs_dir, data_dir, official=None):
     both_running.wait()
     return "ran"
   monkeypatch.setattr(results, "run_one", run_one)
