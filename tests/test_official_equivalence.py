@@ -72,7 +72,7 @@ def first_step(s: Side):
   z, _ = G.draws(s.prism, s.state.scores, key)
   obj = s.prism.objective
   images = generator.generate(obj.model, s.weights, s.state.scores, z, given=s.masks[0])
-  feats = obj.features.apply(obj.features.params, images)
+  feats = obj.features.apply_fake(obj.features.params, images)
   local = jax.tree.map(lambda x: x[0], s.state.local_states)
   (loss, _), grad = jax.jit(jax.value_and_grad(obj, has_aux=True), static_argnums=6)(
       s.state.scores, s.weights, s.stats, jax.random.split(key)[1], obj.features.params,
