@@ -172,9 +172,5 @@ def report(runs, runs_dir: str, out: str, fig_dir: str, status: dict) -> str:
     lines += ["", f"![official_curves.png]({rel})"]
   notes = [f"- `{run.name}`: {status[run.name]}" for run in runs
            if status.get(run.name, "").startswith(("skipped", "failed"))]
-  if notes:
-    lines += ["", "## Runs that did not run", ""] + notes
-  text = "\n".join(lines) + "\n"
-  with open(out, "w") as f:
-    f.write(text)
-  return text
+  from experiments import results
+  return results.write_report(out, lines, "Runs that did not run", notes)

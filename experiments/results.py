@@ -660,8 +660,13 @@ def report(suite: str, runs: list[Run], runs_dir: str, out: str, fig_dir: str,
   if suite == MAIN_SUITE:   # RESULTS.md also gathers the privacy verdict
     lines += dp_section(out)
   notes = [f"- `{name}`: {status.get(name, 'no finished run')}" for name in missing]
+  return write_report(out, lines, "Runs not in the tables", notes)
+
+
+def write_report(out: str, lines: list[str], notes_title: str, notes: list[str]) -> str:
+  """Writes a report's lines, with a closing section of notes when there are any."""
   if notes:
-    lines += ["", "## Runs not in the tables", ""] + notes
+    lines = lines + ["", f"## {notes_title}", ""] + notes
   text = "\n".join(lines) + "\n"
   with open(out, "w") as f:
     f.write(text)

@@ -25,7 +25,7 @@ def get_config(variant: str = ""):
   c.loss = ml_collections.ConfigDict({"name": "gfmn", "kwargs": {"learning_rate": 1e-5,
                                                                  "v_init": "torch"}})
   c.local.local_steps = 20
-  c.rounds = 30
+  c.rounds = 20
   c.eval.every = c.sample_every = c.checkpoint_every = 5
   c.eval.num_samples = 1000
   c.eval.modes = ("fixed", "resampled")
