@@ -50,6 +50,34 @@ def _group(runs, runs_dir):
   return out
 
 
+def draws(runs, runs_dir) -> dict:
+  """``(impl, mada) -> [fixed-mask domain-FID of each mask draw]`` from the final models
+  (``benchmarks.official_draws``), where measured."""
+  out = {}
+  for run in runs:
+    try:
+      with open(os.path.join(runs_dir, run.name, "fixed_draws.json")) as f:
+        fids = json.load(f)["domain_fid_fixed"]
+    except (OSError, ValueError, KeyError):
+      continue
+    out.setdefault((run.runner, dict(run.overrides)["mada"]), []).append(fids)
+  return out
+
+
+def draws_table(d: dict) -> list[str]:
+  if not d:
+    return []
+  lines = ["| implementation | MADA | runs | draws per run | fixed-mask domain-FID over the "
+           "draws: mean ± sd | per run: mean (min-max) |", "|---|---|---|---|---|---|"]
+  for (impl, mada), per_run in sorted(d.items(), key=lambda kv: (IMPLS.index(kv[0][0]),
+                                                                not kv[0][1])):
+    every = [v for fids in per_run for v in fids]
+    runs = "; ".join(f"{statistics.mean(f):.1f} ({min(f):.1f}-{max(f):.1f})" for f in per_run)
+    lines.append(f"| {impl} | {'yes' if mada else 'no'} | {len(per_run)} | "
+                 f"{len(per_run[0])} | {_mean_sd(every).split(' (')[0]} | {runs} |")
+  return lines
+
+
 def final_table(groups, rounds: int) -> list[str]:
   lines = ["| implementation | MADA | finished seeds | fixed mask (exported): final domain-FID, "
            "mean ± sd (per seed) | resampled (official protocol) | evaluated rounds done |",
@@ -163,6 +191,12 @@ def report(runs, runs_dir: str, out: str, fig_dir: str, status: dict) -> str:
            "feature network (`benchmarks.official_run`). Seeds differ in the frozen weights "
            "(each implementation draws its own) and in every random draw.", "",
            "## Final domain-FID", ""] + final_table(groups, config.rounds)
+  d = draws(runs, runs_dir)
+  if d:
+    lines += ["", "## The exported mask, drawn again", "",
+              "Each final model's fixed-mask domain-FID over several masks drawn from its "
+              "final theta (`python -m benchmarks.official_draws`): how much of a final "
+              "fixed-mask figure is the luck of its one draw.", ""] + draws_table(d)
   lines += ["", "## Verdicts", ""] + verdicts(groups)
   lines += ["", "## Domain-FID per evaluated round (fixed mask, mean over seeds)", ""]
   lines += curves_table(groups) or ["No evaluated rounds yet."]

@@ -84,3 +84,15 @@ def test_official_cpu_config(variant, steps):
   assert config.loss.name == "gfmn" and config.loss.kwargs.learning_rate == 1e-5
   with pytest.raises(ValueError, match="unknown variant"):
     overrides.load_config_file(f"{results.OFFICIAL_CONFIG}:big")
+
+
+def test_report_reads_the_exported_masks_drawn_again(tmp_path):
+  runs = results.SUITES["official"]()
+  runs_dir = str(tmp_path / "runs")
+  for i, run in enumerate(runs):
+    _write_run(runs_dir, run.name, {20: (60.0, 40.0)})
+    with open(os.path.join(runs_dir, run.name, "fixed_draws.json"), "w") as f:
+      json.dump({"domain_fid_fixed": [50.0 + i, 52.0 + i, 54.0 + i]}, f)
+  text = official_report.report(runs, runs_dir, str(tmp_path / "R.md"), str(tmp_path / "f"), {})
+  # prism_jax with MADA: runs 0 (seed 0) and 4 (seed 1): draws 50-54 and 54-58
+  assert "| prism_jax | yes | 2 | 3 | 54.0 ± 2.8 | 52.0 (50.0-54.0); 56.0 (54.0-58.0) |" in text
