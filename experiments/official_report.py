@@ -64,6 +64,25 @@ def draws(runs, runs_dir) -> dict:
   return out
 
 
+def draws_verdicts(d: dict) -> list[str]:
+  """The implementations, and MADA within each, compared over every draw of every seed."""
+  pooled = {k: [v for fids in per_run for v in fids] for k, per_run in d.items()}
+  lines = []
+  for a, b, what in ((("prism_jax", True), ("official", True), "with MADA, prism-jax - official"),
+                     (("prism_jax", False), ("official", False),
+                      "without MADA, prism-jax - official"),
+                     (("prism_jax", True), ("prism_jax", False), "prism-jax, MADA - no MADA"),
+                     (("official", True), ("official", False), "official, MADA - no MADA")):
+    if a in pooled and b in pooled and len(pooled[a]) > 1 and len(pooled[b]) > 1:
+      diff = statistics.mean(pooled[a]) - statistics.mean(pooled[b])
+      se = (statistics.variance(pooled[a]) / len(pooled[a]) +
+            statistics.variance(pooled[b]) / len(pooled[b])) ** 0.5
+      verdict = "within" if abs(diff) <= 2 * se else "beyond"
+      lines.append(f"- Over the draws, {what}: {diff:+.1f} (standard error {se:.1f}; "
+                   f"{verdict} two standard errors).")
+  return lines
+
+
 def draws_table(d: dict) -> list[str]:
   if not d:
     return []
@@ -197,6 +216,7 @@ def report(runs, runs_dir: str, out: str, fig_dir: str, status: dict) -> str:
               "Each final model's fixed-mask domain-FID over several masks drawn from its "
               "final theta (`python -m benchmarks.official_draws`): how much of a final "
               "fixed-mask figure is the luck of its one draw.", ""] + draws_table(d)
+    lines += [""] + draws_verdicts(d)
   lines += ["", "## Verdicts", ""] + verdicts(groups)
   lines += ["", "## Domain-FID per evaluated round (fixed mask, mean over seeds)", ""]
   lines += curves_table(groups) or ["No evaluated rounds yet."]

@@ -96,3 +96,5 @@ def test_report_reads_the_exported_masks_drawn_again(tmp_path):
   text = official_report.report(runs, runs_dir, str(tmp_path / "R.md"), str(tmp_path / "f"), {})
   # prism_jax with MADA: runs 0 (seed 0) and 4 (seed 1): draws 50-54 and 54-58
   assert "| prism_jax | yes | 2 | 3 | 54.0 ± 2.8 | 52.0 (50.0-54.0); 56.0 (54.0-58.0) |" in text
+  # official with MADA: runs 1 and 5, draws 51-55 and 55-59: prism-jax lower by 1.0
+  assert "with MADA, prism-jax - official: -1.0 (standard error 1.6; within" in text
