@@ -20,7 +20,8 @@ import jax
 import numpy as np
 
 from experiments.configs import paper
-from prism_jax import evaluation, generator, train, visualize
+from prism_jax import algorithm, client_data, configure, sharding
+from prism_jax import evaluation, generator, visualize
 from prism_jax import round as rnd
 
 
@@ -44,13 +45,13 @@ def peak_memory_bytes() -> int | None:
 
 def run(c, budget_s: float, out_dir: str) -> dict:
   t_start = time.perf_counter()
-  prism = train.build(c)
-  _, parts, data = train.load_client_data(c)
-  data = train.with_real_stats(prism, c, data, parts)
-  mesh = rnd.client_mesh()
-  data = rnd.shard_client_data(data, mesh)
-  k_init, k_rounds, k_eval, k_final = train.run_keys(c.train_seed)
-  state = rnd.init_state(prism.model, c.seed, k_init, c.score_std, prism)
+  prism = configure.build(c)
+  _, parts, data = client_data.load_client_data(c)
+  data = client_data.with_real_stats(prism, c, data, parts)
+  mesh = sharding.client_mesh()
+  data = sharding.shard_client_data(data, mesh)
+  k_init, k_rounds, k_eval, k_final = configure.run_keys(c.train_seed)
+  state = algorithm.init_state(prism.model, c.seed, k_init, c.score_std, prism)
   step = rnd.make_round_step(prism, mesh, donate=True)
   setup_s = time.perf_counter() - t_start
   seconds, losses = [], []

@@ -64,11 +64,12 @@ def deployment_rounds(directory: str, config: str, clients: int) -> list[dict]:
 
 def simulator_rounds(config_path: str) -> list[float]:
   from experiments.flower_client import load_config
-  from prism_jax import flower, train
+  from prism_jax import client_data
+  from prism_jax import flower
   config = load_config(config_path)
   dep = flower.Deployment.from_config(config)
-  _, parts, data = train.load_client_data(config)
-  _, rows = flower.reference(dep, train.with_real_stats(dep.prism, config, data, parts))
+  _, parts, data = client_data.load_client_data(config)
+  _, rows = flower.reference(dep, client_data.with_real_stats(dep.prism, config, data, parts))
   return [r["seconds"] for r in rows]
 
 

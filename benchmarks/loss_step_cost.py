@@ -24,6 +24,7 @@ import time
 import jax
 
 from experiments.configs import mnist_cpu
+from prism_jax import sharding
 from prism_jax import round as rnd
 from prism_jax import train
 
@@ -55,7 +56,7 @@ def round_seconds(case: str, steps: int, repeats: int = 2) -> float:
   c = case_config(case)
   c.local.local_steps, c.coding.enabled = steps, False
   run = train.setup(c, tempfile.mkdtemp())
-  step = rnd.make_round_step(run.prism, rnd.client_mesh(), donate=True)
+  step = rnd.make_round_step(run.prism, sharding.client_mesh(), donate=True)
   state, times = run.state, []
   for r in range(repeats + 1):
     t0 = time.perf_counter()

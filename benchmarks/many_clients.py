@@ -30,6 +30,7 @@ def measure(num_clients: int, per_round: int, chunk: int, local_steps: int, roun
   (``chunk``: clients vmapped at once, ``lax.map`` over chunks; 0: all at once)."""
   import jax
   import numpy as np
+  from prism_jax import algorithm, sharding
   from prism_jax import client, data, features, generator, losses, partition
   from prism_jax import round as rnd
 
@@ -37,17 +38,17 @@ def measure(num_clients: int, per_round: int, chunk: int, local_steps: int, roun
   train = data.load("mnist_offline", 16)["train"]
   parts = partition.iid(train.labels, num_clients, seed=0)
   clients = partition.to_client_data(train.images, parts)
-  mesh = rnd.client_mesh()
-  clients = rnd.shard_client_data(rnd.ClientData(clients.images, clients.counts), mesh)
+  mesh = sharding.client_mesh()
+  clients = sharding.shard_client_data(data.ClientData(clients.images, clients.counts), mesh)
   data_s = time.perf_counter() - t0
   model = generator.ResNetGenerator(16, 1, 16, 4)   # the "small" generator: 6,452 weights
-  prism = rnd.Prism(client.Objective(model, features.pixels, losses.gaussian_mmd),
+  prism = algorithm.Prism(client.Objective(model, features.pixels, losses.gaussian_mmd),
                     client.LocalConfig(local_steps=local_steps, batch_size=32,
                                        estimator="ste", learning_rate=0.3),
                     num_clients=num_clients, clients_per_round=per_round,
                     client_chunk=chunk or None)
   step = rnd.make_round_step(prism, mesh, donate=True)
-  state = rnd.init_state(model, 0, jax.random.key(0), prism=prism)
+  state = algorithm.init_state(model, 0, jax.random.key(0), prism=prism)
   times = []
   for r in range(rounds + 1):                        # round 0 includes compilation
     t0 = time.perf_counter()

@@ -37,10 +37,10 @@ def jax_draws(run, workdir: str, n: int) -> list[float]:
 
 
 def _evaluator(model, config):
-  from prism_jax import evaluation, train
-  splits = train.load_splits(config)[0]
+  from prism_jax import client_data, configure, evaluation
+  splits = client_data.load_splits(config)[0]
   return evaluation.make_evaluator(model, splits, 10, jax.random.key(1),
-                                   config.eval.num_samples, train.cache_dir(config),
+                                   config.eval.num_samples, configure.cache_dir(config),
                                    config.dataset, modes=("fixed",),
                                    domain_epochs=config.eval.domain_epochs)
 

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import client, features, generator, masking, server, vgg
+from prism_jax import algorithm, configure
+from prism_jax import client, features, generator, masking, vgg
 
 SIZES = {
     "small": dict(nz=32, ngf=8, batch=16, width=0.125, num_layers=10, real=40, subset=None),
@@ -95,8 +96,6 @@ def config(size: str, row: str, vgg_weights: str | None = None, flip: tuple = ()
 def setup(size: str, row: str, workdir: str, flip: tuple = ()):
   """prism-jax's side: ``(prism, weights, state)`` from the paper config (VGG weights
   written to ``workdir``; ``flip``: see :func:`config`); client 0 is the one trained."""
-  from prism_jax import round as rnd
-  from prism_jax import train
   path = None
   if row == "vgg19":
     path = os.path.join(workdir, f"vgg19_bn-{SIZES[size]['width']}.npz")
@@ -104,9 +103,9 @@ def setup(size: str, row: str, workdir: str, flip: tuple = ()):
       os.makedirs(workdir, exist_ok=True)
       np.savez(path, **vgg_state_dict(SIZES[size]["width"]))
   c = config(size, row, path, flip)
-  prism = train.build(c)
+  prism = configure.build(c)
   weights = generator.init_weights(prism.model, c.seed)
-  state = rnd.init_state(prism.model, c.seed, jax.random.key(SCORE_KEY), c.score_std, prism)
+  state = algorithm.init_state(prism.model, c.seed, jax.random.key(SCORE_KEY), c.score_std, prism)
   return prism, weights, state
 
 

@@ -7,7 +7,7 @@ The official server and clients (``servers.prism.Server.train``: every client's
 ``local_train`` with its Adam and GFMN nets kept for the whole run, ``upload_mask``,
 ``average_masks``, MADA with ``compare_global_mask``) run unmodified
 (:mod:`benchmarks.official`) on the same offline MNIST client split as prism-jax's run of
-the same config (:func:`prism_jax.train.load_client_data`). Two things are handed in where
+the same config (:func:`prism_jax.client_data.load_client_data`). Two things are handed in where
 the official code would download: the feature network is the config's ``cnn`` extractor (a
 small CNN trained on the held-out split, the CPU stand-in for ImageNet VGG19), run in torch
 with the same weights; and each client's real-feature statistics are computed by the
@@ -56,11 +56,11 @@ def build(off, config, seed: int, mada: bool):
   import torch
 
   from benchmarks import official as O
-  from prism_jax import train
+  from prism_jax import client_data, configure
   torch.manual_seed(seed)
   np.random.seed(seed)
-  prism = train.build(config)
-  data = train.load_client_data(config)[2]
+  prism = configure.build(config)
+  data = client_data.load_client_data(config)[2]
   images, counts = data.images, data.counts
   extractor = prism.objective.features
   feats = torch_cnn(extractor.params)
@@ -170,7 +170,7 @@ def main(argv=None):
 
   from benchmarks import official as O
   from experiments.configs import overrides
-  from prism_jax import evaluation, train, visualize
+  from prism_jax import client_data, configure, evaluation, visualize
   off = O.load(os.path.abspath(a.official))
   config = overrides.load_config_file(a.config)
   config.seed = config.train_seed = a.seed
@@ -181,9 +181,9 @@ def main(argv=None):
     json.dump({"config": json.loads(config.to_json()), "seed": a.seed, "mada": config.mada,
                "rounds": rounds, "implementation": "official"}, f, indent=1)
   server, clients, prism = build(off, config, a.seed, config.mada)
-  splits = train.load_splits(config)[0]
+  splits = client_data.load_splits(config)[0]
   ev = evaluation.make_evaluator(prism.model, splits, 10, jax.random.key(1),
-                                 config.eval.num_samples, train.cache_dir(config),
+                                 config.eval.num_samples, configure.cache_dir(config),
                                  config.dataset, modes=("fixed", "resampled"),
                                  domain_epochs=config.eval.domain_epochs)
   z = np.asarray(ev.z, np.float32)

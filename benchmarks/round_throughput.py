@@ -32,7 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import client, features, generator, losses, masking, server
+from prism_jax.data import ClientData
+from prism_jax import algorithm, sharding
+from prism_jax import client, features, generator, losses, masking
 from prism_jax import round as rnd
 
 GENERATORS = {   # name: (image_size, nz, ngf)
@@ -64,19 +66,19 @@ def setup(gen: str, num_clients: int, local_steps: int, batch: int = 32, chunk=N
   model = generator.ResNetGenerator(size, 1, nz, ngf)
   obj = client.Objective(model, features.pixels, losses.gaussian_mmd)
   local = client.LocalConfig(local_steps=local_steps, batch_size=batch)
-  prism = rnd.Prism(obj, local, num_clients=num_clients, client_chunk=chunk)
+  prism = algorithm.Prism(obj, local, num_clients=num_clients, client_chunk=chunk)
   rng = np.random.default_rng(0)
-  data = rnd.ClientData(jnp.asarray(rng.integers(0, 256, (num_clients, 64, size, size, 1),
+  data = ClientData(jnp.asarray(rng.integers(0, 256, (num_clients, 64, size, size, 1),
                                                  dtype=np.uint8)),
                         jnp.full((num_clients,), 64, jnp.int32))
-  state = rnd.init_state(model, 0, jax.random.key(0))
+  state = algorithm.init_state(model, 0, jax.random.key(0))
   return prism, data, state
 
 
 def one_jit(prism, data, state, repeats):
-  mesh = rnd.client_mesh()
+  mesh = sharding.client_mesh()
   step = rnd.make_round_step(prism, mesh)
-  data = rnd.shard_client_data(data, mesh)
+  data = sharding.shard_client_data(data, mesh)
   keys = iter(range(10_000))
   first, steady = _timed(lambda: step(state, data, jax.random.key(next(keys)))[0].scores,
                          repeats)
@@ -87,7 +89,7 @@ def python_loop(prism, data, state, repeats):
   """The same client update, jitted once, called client by client, then the server."""
   update = jax.jit(functools.partial(client.client_update, objective=prism.objective,
                                      cfg=prism.local))
-  server_update = jax.jit(functools.partial(server.server_update, cfg=prism.server))
+  server_step = jax.jit(functools.partial(rnd.server_step, prism))
   init_w = jax.jit(lambda s: generator.init_weights(prism.model, s))
   images = [data.images[k] for k in range(prism.num_clients)]   # per-client device arrays
   counts = [data.counts[k] for k in range(prism.num_clients)]
@@ -100,7 +102,7 @@ def python_loop(prism, data, state, repeats):
     masks = [update(state.scores, w, images[k], counts[k], jax.random.fold_in(k_clients, k))[0]
              for k in range(prism.num_clients)]
     stacked = jax.tree.map(lambda *m: jnp.stack(m), *masks)
-    return server_update(k_server, state.scores, stacked, weights_k)[0]
+    return server_step(k_server, state, stacked, weights_k)[0].scores
 
   return _timed(run, repeats)
 

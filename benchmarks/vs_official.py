@@ -82,6 +82,7 @@ def official_step_seconds(repo: str, row: str, nz: int, ngf: int, batch: int, st
 
 def _ours(row: str, nz: int, ngf: int, batch: int, steps: int, conv_impl: str | None):
   """One client's jitted round (``make_round_step``) at the given size: (step, state, data)."""
+  from prism_jax import algorithm, data
   from prism_jax import client, features, generator, losses
   from prism_jax import round as rnd
   model = generator.ResNetGenerator(32, 1, nz, ngf, conv_impl=conv_impl)
@@ -92,15 +93,15 @@ def _ours(row: str, nz: int, ngf: int, batch: int, steps: int, conv_impl: str | 
     extractor = features.pixels
   objective = client.Objective(model, extractor, losses.get_loss("gfmn", learning_rate=1e-5,
                                                                  v_init="torch"))
-  prism = rnd.Prism(objective, client.LocalConfig(local_steps=steps, batch_size=batch,
+  prism = algorithm.Prism(objective, client.LocalConfig(local_steps=steps, batch_size=batch,
                                                   carry_optimizer=True), num_clients=1)
   dim = objective.feature_dim()
   rng = np.random.default_rng(0)
-  data = rnd.ClientData(np.zeros((1, 1, 32, 32, 1), np.uint8), np.ones((1,), np.int32),
+  data = data.ClientData(np.zeros((1, 1, 32, 32, 1), np.uint8), np.ones((1,), np.int32),
                         (rng.normal(size=(1, dim)).astype(np.float32),
                          rng.uniform(size=(1, dim)).astype(np.float32)))
   step = rnd.make_round_step(prism, donate=True)
-  state = rnd.init_state(model, 0, jax.random.key(0), prism=prism)
+  state = algorithm.init_state(model, 0, jax.random.key(0), prism=prism)
   return step, state, data, objective.features.params
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prism_jax import flower, train
+from prism_jax import client_data
+from prism_jax import flower
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config file.")
@@ -33,8 +34,8 @@ def main(argv):
   from flwr.simulation import run_simulation
   config = _CONFIG.value
   dep = flower.Deployment.from_config(config)
-  _, parts, data = train.load_client_data(config)
-  data = train.with_real_stats(dep.prism, config, data, parts)
+  _, parts, data = client_data.load_client_data(config)
+  data = client_data.with_real_stats(dep.prism, config, data, parts)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   out = os.path.join(_WORKDIR.value, "flower.npz")
   if os.path.exists(out + ".jsonl"):

@@ -18,7 +18,8 @@ import json
 import os
 
 from experiments.flower_client import SPEC, load_config
-from prism_jax import cache, flower, train
+from prism_jax import client_data, configure
+from prism_jax import cache, flower
 
 CONFIG = load_config(SPEC)
 DEPLOYMENT = flower.Deployment.from_config(CONFIG)
@@ -28,12 +29,12 @@ def node_data(client_id: int):
   """The node's images and real statistics, loaded once and then kept on its disk (keyed
   by the whole config; ``config.deploy.node_cache``)."""
   def load():
-    _, parts, data = train.load_client_data(CONFIG)
+    _, parts, data = client_data.load_client_data(CONFIG)
     images, stats = flower.split_data(
-        train.with_real_stats(DEPLOYMENT.prism, CONFIG, data, parts), client_id)
+        client_data.with_real_stats(DEPLOYMENT.prism, CONFIG, data, parts), client_id)
     return {"images": images, **({"mean": stats[0], "var": stats[1]} if stats else {})}
   key = hashlib.sha1(json.dumps(CONFIG.to_dict(), sort_keys=True, default=str).encode())
-  path = os.path.join(train.cache_dir(CONFIG), "nodes", f"{key.hexdigest()[:16]}-{client_id}.npz")
+  path = os.path.join(configure.cache_dir(CONFIG), "nodes", f"{key.hexdigest()[:16]}-{client_id}.npz")
   a = cache.arrays(path if CONFIG.deploy.node_cache else None, load)
   return a["images"], ((a["mean"], a["var"]) if "mean" in a else ())
 

@@ -10,7 +10,7 @@ import os
 import sys
 
 from experiments.configs import overrides
-from prism_jax import flower_node
+from prism_jax import worker
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
 SPEC = os.environ.get("PRISM_CONFIG", DEFAULT)
@@ -38,6 +38,6 @@ def _start(cid: int, socket: str) -> list[str]:
 
 
 if load_config(SPEC).deploy.get("worker", True):
-  clientapp = flower_node.worker_client_app(worker_key(), _start)
+  clientapp = worker.worker_client_app(worker_key(), _start)
 else:
-  clientapp = flower_node.client_app(_in_process)
+  clientapp = worker.client_app(_in_process)

@@ -26,7 +26,7 @@ import time
 from absl import app, flags
 
 from experiments import flower_client
-from prism_jax import flower_node
+from prism_jax import worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP_DIR = os.path.join(ROOT, "deploy", "flower")
@@ -225,7 +225,7 @@ class Federation:
 
   def stop(self) -> None:
     stop(*reversed(self.procs))
-    flower_node.stop_workers(flower_client.worker_key(self.config))
+    worker.stop_workers(flower_client.worker_key(self.config))
 
 
 def start_federation(workdir: str, clients: int, config: str,

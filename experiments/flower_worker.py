@@ -13,9 +13,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from experiments import flower_app
-  from prism_jax import flower_node
+  from prism_jax import worker
   flower_app.NODE.prepare(FLAGS.client_id)   # data and compiled update before the first round
-  flower_node.serve(FLAGS.socket, flower_app.NODE.train,
+  worker.serve(FLAGS.socket, flower_app.NODE.train,
                     float(os.environ.get("PRISM_WORKER_IDLE_S", 600)))
 
 

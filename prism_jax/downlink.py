@@ -4,7 +4,7 @@ and what a client that missed rounds is sent.
 The server does not broadcast float32 scores. After round ``r`` it sends the per-weight
 count of participants whose bit was 1, the number of participants ``K``, MADA's ``lambda``
 and ``r``; a client holding the scores of round ``r - 1`` rebuilds those of round ``r`` with
-:func:`prism_jax.round.apply_broadcast`, the function the server itself uses. The counts
+:meth:`prism_jax.rules.Rule.apply`, the function the server itself uses. The counts
 are range-coded (``constriction``) against ``Binomial(K, theta_prev)`` per weight: each
 participant drew its bit from a local theta that started at the previous global
 ``theta_prev``, which both sides hold, so a count costs about its entropy under that model

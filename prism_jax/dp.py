@@ -15,6 +15,7 @@ recomputes it from the round counter.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -99,6 +100,27 @@ def epsilon(noise_std: float, num_weights: int, rounds: int, delta: float,
   validate_target(1.0, delta)
   return epsilon_for_multiplier(noise_multiplier(noise_std, num_weights, sensitivity), rounds,
                                 delta, accountant)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian:
+  """The clients' Gaussian noise on theta as the accountant sees it: noise std, the number
+  of weights it covers, the L2 sensitivity (None: ``sqrt(num_weights)``) and the
+  accountant (``"rdp"`` or ``"pld"``)."""
+  noise_std: float
+  num_weights: int
+  sensitivity: float | None = None
+  accountant: str = "rdp"
+
+  def epsilon(self, participants: list[int], delta: float) -> float:
+    """``epsilon`` after ``len(participants)`` rounds: local noise protects each client
+    alone, so the count of the others does not enter (worst case: in every round)."""
+    return epsilon(self.noise_std, self.num_weights, len(participants), delta,
+                   self.sensitivity, self.accountant)
+
+  def describe(self) -> str:
+    z = noise_multiplier(self.noise_std, self.num_weights, self.sensitivity)
+    return f"noise std {self.noise_std:.4g} on theta (multiplier {z:.4g}, {self.accountant})"
 
 
 def calibrate_noise(target_epsilon: float, delta: float, rounds: int, num_weights: int,

@@ -16,13 +16,13 @@ import os
 from typing import Any, Callable
 
 import flax.linen as nn
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from prism_jax import cache
+from prism_jax.classifiers import apply_classifier as _apply, cached_classifier
+from prism_jax.classifiers import train_classifier  # noqa: F401  (re-exported)
+from prism_jax.data import to_float
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -34,7 +34,6 @@ class Embedder:
 
   @functools.cached_property
   def _jitted(self):
-    from prism_jax.client import to_float
     return jax.jit(lambda p, x: self.apply(p, to_float(x)))
 
   def embed(self, images, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray | None]:
@@ -68,69 +67,9 @@ def train_domain_classifier(images: np.ndarray, labels: np.ndarray, num_classes:
   return train_classifier(DomainCNN(num_classes), images, labels, seed, epochs, batch_size)
 
 
-def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int = 0,
-                     epochs: int = 3, batch_size: int = 128):
-  """Trains a classifier whose ``apply`` returns ``(..., logits)`` on uint8 images with
-  Adam (1e-3) and cross-entropy; returns its params."""
-  from prism_jax.client import to_float
-  key = jax.random.key(seed)
-  params = model.init(key, jnp.zeros((1, *images.shape[1:])))["params"]
-  opt = optax.adam(1e-3)
-  opt_state = opt.init(params)
-
-  @jax.jit
-  def step(params, opt_state, x, y):
-    def loss(p):
-      logits = model.apply({"params": p}, to_float(x))[1]
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    grads = jax.grad(loss)(params)
-    updates, opt_state = opt.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state
-
-  rng = np.random.default_rng(seed)
-  for _ in range(epochs):
-    order = rng.permutation(len(images))
-    for i in range(0, len(order) - batch_size + 1, batch_size):
-      b = order[i:i + batch_size]
-      params, opt_state = step(params, opt_state, images[b], labels[b])
-  return params
-
-
 def accuracy(embedder: Embedder, images, labels) -> float:
   _, logits = embedder.embed(images)
   return float(np.mean(np.argmax(logits, 1) == labels))
-
-
-def _apply(model: nn.Module, params, x):
-  return model.apply({"params": params}, x)
-
-
-def cached_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray,
-                      cache_path: str | None, seed: int = 0, epochs: int = 3,
-                      augment: Callable | None = None):
-  """:func:`train_classifier`'s params, trained once and cached in ``cache_path``; a stale
-  cache (another architecture or number of classes) is retrained. ``augment(images,
-  labels) -> (images, labels)`` builds the training set, only when training is needed."""
-  apply = functools.partial(_apply, model)
-
-  def train():
-    data = augment(images, labels) if augment else (images, labels)
-    params = train_classifier(model, *data, seed, epochs)
-    return {"/".join(k): np.asarray(v)
-            for k, v in flax.traverse_util.flatten_dict(params).items()}
-
-  def unflatten(flat):
-    return flax.traverse_util.unflatten_dict(
-        {tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
-
-  def valid(flat):
-    try:
-      jax.eval_shape(apply, unflatten(flat), jnp.zeros((1, *images.shape[1:])))
-      return True
-    except Exception:
-      return False
-
-  return unflatten(cache.arrays(cache_path, train, valid))
 
 
 def domain(held_out_images: np.ndarray, held_out_labels: np.ndarray, num_classes: int,

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prism_jax import cache, generator, vgg
+from prism_jax import cache, classifiers, data, generator, vgg
+from prism_jax.data import to_float
 
 
 def pixels(images: jax.Array) -> jax.Array:
@@ -137,15 +138,14 @@ def cnn(dataset: str = "mnist_offline", image_size: int = 32, cache_dir: str | N
   """Offline features: :class:`FeatureCNN` trained (once, cached in ``cache_dir``) on the
   second half of the dataset's held-out split, which no client owns. The paper's VGG19 needs
   a weights file and an accelerator; this is the CPU-scale substitute."""
-  from prism_jax import data, embedders
   splits = data.load(dataset, image_size, data_dir)
   valid = splits["valid"]
   half = len(valid.labels) // 2
   model = FeatureCNN(data.info(dataset).num_classes)
   path = (None if cache_dir is None else
           os.path.join(cache_dir, f"feature-cnn-{dataset}-{image_size}-e{epochs}-s{seed}.npz"))
-  params = embedders.cached_classifier(model, valid.images[half:], valid.labels[half:], path,
-                                       seed, epochs)
+  params = classifiers.cached_classifier(model, valid.images[half:], valid.labels[half:],
+                                         path, seed, epochs)
 
   def apply(params, images):
     maps, _ = model.apply({"params": params}, images)
@@ -178,7 +178,6 @@ def client_stats(extractor: Extractor, images: np.ndarray, counts: np.ndarray,
   runs one compiled program (the result is cached by :func:`cached_client_stats`). Other
   extractors get zero-padded fixed-size batches as well.
   """
-  from prism_jax.client import to_float
 
   @jax.jit
   def batch_moments(params, x, n_valid):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from prism_jax import masking
+from prism_jax.data import check_image_size
 
 
 def signed_constant(key, shape, dtype=jnp.float32, fan_in: int | None = None):
@@ -197,12 +198,6 @@ class Project(nn.Module):
     kernel = self.param("kernel", functools.partial(signed_constant, fan_in=fan),
                         (k, k, z.shape[-1], self.features))
     return jnp.einsum("bc,ijco->bijo", z, kernel)
-
-
-def check_image_size(image_size: int) -> None:
-  """The generator doubles a 4x4 map per block: sizes are powers of two >= 8."""
-  if image_size < 8 or image_size & (image_size - 1):
-    raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
 
 
 class UpBlock(nn.Module):

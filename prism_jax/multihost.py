@@ -1,7 +1,7 @@
 """More than one host: one JAX process per host (``jax.distributed``), one global device mesh.
 
 Every process runs the same program. The round's client axis is sharded over the mesh of all
-processes' devices (:func:`prism_jax.round.client_mesh`), and each process builds only the
+processes' devices (:func:`prism_jax.sharding.client_mesh`), and each process builds only the
 rows of the client arrays that its own devices hold (:func:`client_arrays`): no host holds
 the whole padded client data or every client's local state. The server's reduction over
 clients is then a cross-host collective inside the same jitted round. Host-side work reads

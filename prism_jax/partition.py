@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prism_jax.round import ClientData
+from prism_jax.data import ClientData
 
 
 def _check(num_samples: int, num_clients: int) -> None:

@@ -83,6 +83,14 @@ class Mechanism:
     """The mechanism with :func:`clips` for a model of ``num_weights`` weights."""
     return cls(b, *clips(clip_rms, num_weights, spread))
 
+  def epsilon(self, participants: list[int], delta: float) -> float:
+    """``epsilon`` at ``delta`` after rounds that summed ``participants[i]`` clients each."""
+    return epsilon_of_rounds(participants, self.b, self.clip_norm, self.coord_clip, delta)
+
+  def describe(self) -> str:
+    return (f"Poisson binomial mechanism: b {self.b:.4g}, update clip C {self.clip_norm:.4g}, "
+            f"coordinate clip c {self.coord_clip:.4g}")
+
 
 def clips(clip_rms: float, num_weights: int, spread: float = 3.0) -> tuple[float, float]:
   """``(C, c)``: ``C = clip_rms * sqrt(d)`` (a per-weight RMS of the update) and the rotated

@@ -164,21 +164,3 @@ def rebuild(prev_scores, bcast: Broadcast, cfg: ServerConfig):
   new_scores = jax.tree.map(
       lambda c: table[c] if jnp.issubdtype(c.dtype, jnp.integer) else c, bcast.counts)
   return mix(prev_scores, new_scores, bcast.lam) if cfg.mada else new_scores
-
-
-def server_update(key: jax.Array, prev_scores, masks, client_weights, cfg: ServerConfig,
-                  participants: int | None = None):
-  """Aggregate the uploads into new global scores (with MADA if enabled).
-
-  ``participants``: the number of non-zero ``client_weights`` (static; default: all of the
-  leading axis). Returns ``(scores, theta_hat, broadcast)``; the broadcast's ``lam`` is 1
-  without MADA.
-  """
-  participants = participants or jax.tree.leaves(masks)[0].shape[0]
-  counts, n = tally(masks, client_weights)
-  theta_hat = probs_from_counts(counts, n, cfg.smoothing)
-  lam = (mada_lambda(key, prev_scores, scores_from_probs(theta_hat),
-                     lambda_copies(cfg, prev_scores))
-         if cfg.mada else jnp.ones((), jnp.float32))
-  bcast = make_broadcast(counts, participants, lam, cfg.smoothing)
-  return rebuild(prev_scores, bcast, cfg), theta_hat, bcast

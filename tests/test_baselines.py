@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.configs import mnist_cpu
+from prism_jax import algorithm, configure, data, rules
 from prism_jax import baselines, client, export, generator, server
 from prism_jax import round as rnd
 
@@ -46,17 +48,17 @@ def test_fedavg_is_the_mean_over_participants():
 def _data(num_clients=4, n=12, size=16):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (num_clients, n, size, size, 1)).astype(np.uint8)
-  return rnd.ClientData(jnp.asarray(images), jnp.full((num_clients,), n, jnp.int32))
+  return data.ClientData(jnp.asarray(images), jnp.full((num_clients,), n, jnp.int32))
 
 
-def _prism(objective, **kw):
+def _prism(objective, rule, **kw):
   local = kw.pop("local", client.LocalConfig(local_steps=3, batch_size=4))
-  return rnd.Prism(objective, local, num_clients=4, **kw)
+  return algorithm.Prism(objective, local, num_clients=4, rule=rule, **kw)
 
 
 def test_fedpm_round_keeps_beta_counts(tiny_model, tiny_objective):
-  prism = _prism(tiny_objective, method="fedpm", clients_per_round=2)   # reset every 2
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
+  prism = _prism(tiny_objective, rules.FedPMRule(), clients_per_round=2)   # reset every 2
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
   step = rnd.make_round_step(prism)
   data = _data()
   state, m = step(state, data, jax.random.key(1))
@@ -78,9 +80,9 @@ def test_fedpm_round_keeps_beta_counts(tiny_model, tiny_objective):
 
 def test_fedavg_round_trains_dense_weights(tiny_model, tiny_objective):
   local = client.LocalConfig(local_steps=3, batch_size=4, learning_rate=1e-3)
-  prism = _prism(tiny_objective, method="fedavg", local=local)
-  assert prism.objective.trains == "weights" and not prism.sends_masks
-  state = rnd.init_state(tiny_model, 7, jax.random.key(0), prism=prism)
+  prism = _prism(tiny_objective, rules.FedAvgRule(), local=local)
+  assert prism.objective.trains == "weights" and not prism.rule.sends_masks
+  state = algorithm.init_state(tiny_model, 7, jax.random.key(0), prism=prism)
   w0 = generator.init_weights(tiny_model, 7)
   chex.assert_trees_all_equal(state.scores, w0)       # starts from the seed's weights
   new, m = rnd.make_round_step(prism)(state, _data(), jax.random.key(1))
@@ -103,15 +105,21 @@ def test_fedavg_round_trains_dense_weights(tiny_model, tiny_objective):
 
 
 def test_baseline_configs_that_make_no_sense_are_refused(tiny_objective):
+  c = mnist_cpu.get_config()
+  c.method = "fedsgd"
   with pytest.raises(ValueError, match="unknown method 'fedsgd'"):
-    _prism(tiny_objective, method="fedsgd")
+    configure.build(c)
+  c.method, c.prism_alpha = "fedpm", 0.25
   with pytest.raises(ValueError, match="PRISM-alpha"):
-    _prism(tiny_objective, method="fedpm", alpha=0.25)
+    configure.build(c)
+  c.method, c.prism_alpha, c.dp.mechanism, c.dp.epsilon = "fedpm", 0.0, "pbm", 10.0
+  with pytest.raises(ValueError, match="PBM mechanism applies to PRISM"):
+    configure.build(c)
   with pytest.raises(ValueError, match="no DP mechanism"):
-    _prism(tiny_objective, method="fedavg",
+    _prism(tiny_objective, rules.FedAvgRule(),
            local=client.LocalConfig(local_steps=1, dp_noise_std=0.1))
   with pytest.raises(ValueError, match="fedpm_reset"):
-    _prism(tiny_objective, method="fedpm", fedpm_reset=0)
+    _prism(tiny_objective, rules.FedPMRule(reset_every=0))
 
 
 def test_dense_export_round_trip(tmp_path, tiny_model):

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prism_jax.data import ClientData
+from prism_jax import algorithm
 from prism_jax import client, coding, export, server
 from prism_jax import round as rnd
 
@@ -68,12 +70,12 @@ def test_corrupt_or_mismatched_payload_is_refused():
 def test_code_uploads_of_a_jitted_round(tiny_model, tiny_objective):
   """The round's packed uploads decode to the masks the server averaged, below 1 bit once
   the scores are confident."""
-  prism = rnd.Prism(tiny_objective, client.LocalConfig(local_steps=2, batch_size=4),
+  prism = algorithm.Prism(tiny_objective, client.LocalConfig(local_steps=2, batch_size=4),
                     num_clients=3, clients_per_round=2)
   step = rnd.make_round_step(prism, with_uploads=True)
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0), score_std=4.0)
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0), score_std=4.0)
   rng = np.random.default_rng(0)
-  data = rnd.ClientData(jnp.asarray(rng.integers(0, 255, (3, 8, 16, 16, 1)).astype(np.uint8)),
+  data = ClientData(jnp.asarray(rng.integers(0, 255, (3, 8, 16, 16, 1)).astype(np.uint8)),
                         jnp.full((3,), 8, jnp.int32))
   new, m, (packed, ids, bcast) = step(state, data, jax.random.key(1))
   packed, ids = np.asarray(packed), np.asarray(ids)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import mnist_cpu, paper
-from prism_jax import train
+from prism_jax import configure
 
 
 @pytest.mark.parametrize("arg", ["mnist,dirichlet", "cifar10,iid,cpu", "mnist_offline,shards,smoke"])
@@ -26,21 +26,22 @@ def test_paper_configs_use_the_official_behaviours(arg):
 def test_official_dp_flag_and_its_refusals(tmp_path):
   c = paper.get_config("mnist_offline,dirichlet,cpu,dpofficial")
   assert c.local.dp_mode == "official" and c.dp.epsilon is None
-  assert train.build(c).local.dp_mode == "official"
+  assert configure.build(c).local.dp_mode == "official"
   with pytest.raises(ValueError, match="dp and dpofficial exclude each other"):
     paper.get_config("mnist,dirichlet,dp,dpofficial")
   c.dp.epsilon = 9.8
   with pytest.raises(ValueError, match="no privacy guarantee"):
-    train.build(c)
+    configure.build(c)
 
 
 @pytest.mark.parametrize("variant", ["", "mmd"])
 def test_default_run_is_pure_prism(variant):
   """The offline default (and its one-loss variant): masks only, 1 bit per weight up; MADA
   on in the variant, off in the default (measured harmful at its scale, README)."""
-  prism = train.build(mnist_cpu.get_config(variant))
-  assert prism.method == "prism" and prism.alpha == 0 and prism.server.mada == bool(variant)
-  assert prism.sends_masks and prism.local.carry_optimizer
+  prism = configure.build(mnist_cpu.get_config(variant))
+  assert prism.method == "prism" and prism.rule.alpha == 0
+  assert prism.rule.server.mada == bool(variant)
+  assert prism.rule.sends_masks and prism.local.carry_optimizer
 
 
 def test_override_of_a_missing_field_says_what_exists_and_where_it_is():

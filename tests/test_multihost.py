@@ -72,7 +72,7 @@ def test_two_processes_equal_one_process_with_as_many_devices(runs):
 
 @pytest.mark.slow
 def test_each_process_holds_only_its_clients(runs):
-  """The data each process built (printed by train.placed_client_data), and only process 0
+  """The data each process built (printed by client_data.placed_client_data), and only process 0
   wrote files."""
   held = {}
   for i in range(2):

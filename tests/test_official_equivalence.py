@@ -144,7 +144,7 @@ def test_local_training_equals_the_official_client(side, size, row):
 def server_side(s: Side, lambda_counts: str = "state_dict"):
   """prism-jax's server step on the golden's uploads: scores without MADA, with MADA at the
   given lambda and at its own lambda from the given masks; and that lambda."""
-  cfg = dataclasses.replace(s.prism.server, lambda_counts=lambda_counts)
+  cfg = dataclasses.replace(s.prism.rule.server, lambda_counts=lambda_counts)
   uploads, prev, new, _ = G.server_inputs(s.state.scores)
   counts, n = server.tally(uploads, np.ones(G.NUM_CLIENTS))
   if lambda_counts == "state_dict":   # each doubled layer's two pairs
@@ -163,7 +163,7 @@ def server_side(s: Side, lambda_counts: str = "state_dict"):
 @pytest.mark.parametrize("size", ["small", pytest.param("paper", marks=pytest.mark.slow)])
 def test_server_step_equals_the_official_server(side, size):
   s = side(size, "pixels")
-  assert s.prism.server.mada and s.prism.server.lambda_counts == "state_dict"
+  assert s.prism.rule.server.mada and s.prism.rule.server.lambda_counts == "state_dict"
   g, ours = s.golden, server_side(s)
   np.testing.assert_allclose(ours["lambda"], g["lambda"], rtol=1e-6)
   for name in ("server_nomada", "server_mada_given", "server_mada"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import special
 
+from prism_jax import configure
 from prism_jax import pbm
 
 
@@ -135,4 +136,4 @@ def test_pbm_trains_end_to_end_at_the_calibrated_epsilon_and_resumes_exactly(
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   with pytest.raises(ValueError, match="not both"):
     c.dp.b = 0.1
-    train.build(c)
+    configure.build(c)

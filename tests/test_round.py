@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prism_jax.data import ClientData
+from prism_jax import algorithm, rules, sharding
 from prism_jax import client, communication, features, generator, losses, server
 from prism_jax import round as rnd
 
@@ -20,17 +22,17 @@ def _data(num_clients=4, n=12, size=16):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (num_clients, n, size, size, 1)).astype(np.uint8)
   counts = np.linspace(n // 2, n, num_clients).astype(np.int32)   # unequal clients
-  return rnd.ClientData(jnp.asarray(images), jnp.asarray(counts))
+  return ClientData(jnp.asarray(images), jnp.asarray(counts))
 
 
 def _prism(objective, **kw):
   kw.setdefault("num_clients", 4)
-  return rnd.Prism(objective, client.LocalConfig(local_steps=2, batch_size=4), **kw)
+  return algorithm.Prism(objective, client.LocalConfig(local_steps=2, batch_size=4), **kw)
 
 
 def test_round_compiles_once_across_rounds_and_subsets(tiny_model, tiny_objective):
   step = rnd.make_round_step(_prism(tiny_objective, clients_per_round=2))
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0))
   data = _data()
   for r in range(3):
     state, metrics = step(state, data, jax.random.key(r))
@@ -42,7 +44,7 @@ def test_round_compiles_once_across_rounds_and_subsets(tiny_model, tiny_objectiv
 
 def test_round_keeps_seed_and_score_structure(tiny_model, tiny_objective):
   step = rnd.make_round_step(_prism(tiny_objective))
-  state = rnd.init_state(tiny_model, 5, jax.random.key(0))
+  state = algorithm.init_state(tiny_model, 5, jax.random.key(0))
   new, _ = step(state, _data(), jax.random.key(1))
   assert int(new.seed) == 5
   chex.assert_trees_all_equal_shapes(new.scores, state.scores)
@@ -54,9 +56,9 @@ def test_round_keeps_seed_and_score_structure(tiny_model, tiny_objective):
 
 def test_cpu_rounds_compile_at_llvm_level_1_unless_xla_flags_set_one(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-  assert rnd.compiler_options() == {"xla_backend_optimization_level": 1}
+  assert sharding.compiler_options() == {"xla_backend_optimization_level": 1}
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
-  assert rnd.compiler_options() == {}
+  assert sharding.compiler_options() == {}
 
 
 def test_select_clients_distinct_and_padded():
@@ -68,9 +70,9 @@ def test_select_clients_distinct_and_padded():
 
 
 def test_round_matches_manual_composition(tiny_model, tiny_objective):
-  """The jitted round equals client_update per client + server_update, step by step."""
+  """The jitted round equals client_update per client + the rule's server step."""
   prism = _prism(tiny_objective)
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0))
   data, key = _data(), jax.random.key(7)
   new, _ = rnd.make_round_step(prism)(state, data, key)
   _, k_clients, k_server = jax.random.split(key, 3)
@@ -80,8 +82,7 @@ def test_round_matches_manual_composition(tiny_model, tiny_objective):
   uploads = [update(state.scores, w, data.images[k], data.counts[k], ck)[0]
              for k, ck in enumerate(jax.random.fold_in(k_clients, i) for i in range(4))]
   masks = jax.tree.map(lambda *m: jnp.stack(m), *uploads)
-  expected, _, _ = server.server_update(k_server, state.scores, masks, jnp.ones(4),
-                                        prism.server)
+  expected = rnd.server_step(prism, k_server, state, masks, jnp.ones(4))[0].scores
   _assert_scores_match(new.scores, expected, max_flips=0.02)
 
 
@@ -96,7 +97,7 @@ def _assert_scores_match(a, b, max_flips=1e-3):
 def test_wrong_number_of_clients(tiny_model, tiny_objective):
   step = rnd.make_round_step(_prism(tiny_objective))
   with pytest.raises(ValueError, match="holds 3 clients"):
-    step(rnd.init_state(tiny_model, 0, jax.random.key(0)), _data(3), jax.random.key(0))
+    step(algorithm.init_state(tiny_model, 0, jax.random.key(0)), _data(3), jax.random.key(0))
 
 
 def test_bad_participation(tiny_objective):
@@ -107,26 +108,27 @@ def test_bad_participation(tiny_objective):
 SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np, sys
 sys.path.insert(0, {root!r})
-from prism_jax import client, features, generator, losses, server
-from prism_jax import round as rnd
+from prism_jax import algorithm, client, data, features, generator, losses, rules, server
+from prism_jax import round as rnd, sharding
 assert jax.device_count() == {devices}, jax.devices()
 model = generator.ResNetGenerator(16, 1, 8, 4)
 obj = client.Objective(model, features.pixels, losses.gaussian_mmd)
 rng = np.random.default_rng(0)
-data = rnd.ClientData(jnp.asarray(rng.integers(0, 255, (4, 12, 16, 16, 1)).astype(np.uint8)),
-                      jnp.asarray(np.array([6, 8, 10, 12], np.int32)))
-mesh = rnd.client_mesh()
-data = rnd.shard_client_data(data, mesh)
+clients = data.ClientData(
+    jnp.asarray(rng.integers(0, 255, (4, 12, 16, 16, 1)).astype(np.uint8)),
+    jnp.asarray(np.array([6, 8, 10, 12], np.int32)))
+mesh = sharding.client_mesh()
+clients = sharding.shard_client_data(clients, mesh)
 out = {{}}
 for per_round in (4, 3):   # 3 does not divide 2 or 4 devices: padded slots
   # SGD: Adam's sign-like steps would turn float reduction-order noise in near-zero
   # gradients into different scores, hiding what this checks (client slots, keys, data).
   local = client.LocalConfig(local_steps=2, batch_size=4, optimizer_name="sgd")
-  prism = rnd.Prism(obj, local, server.ServerConfig(mada=False), num_clients=4,
-                    clients_per_round=per_round)
+  prism = algorithm.Prism(obj, local, num_clients=4, clients_per_round=per_round,
+                          rule=rules.PrismRule(server=server.ServerConfig(mada=False)))
   step = rnd.make_round_step(prism, mesh)
-  state = rnd.init_state(model, 0, jax.random.key(0))
-  state, m = step(state, data, jax.random.key(1))
+  state = algorithm.init_state(model, 0, jax.random.key(0))
+  state, m = step(state, clients, jax.random.key(1))
   for i, x in enumerate(jax.tree.leaves(state.scores)):
     out[f"p{{per_round}}_{{i:02d}}"] = np.asarray(x)
   out[f"p{{per_round}}_loss"] = np.asarray(m["loss"])
@@ -199,12 +201,12 @@ def _get(tree, path):
 
 
 def test_prism_alpha_round_runs(tiny_model, tiny_objective):
-  prism = _prism(tiny_objective, alpha=0.5)
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  prism = _prism(tiny_objective, rule=rules.PrismRule(alpha=0.5))
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0))
   new, metrics = rnd.make_round_step(prism)(state, _data(), jax.random.key(1))
   chex.assert_tree_all_finite((new.scores, metrics))
   with pytest.raises(ValueError, match="alpha"):
-    _prism(tiny_objective, alpha=1.5)
+    rules.PrismRule(alpha=1.5)
 
 
 def test_gfmn_round_keeps_per_client_moving_averages(tiny_model):
@@ -216,8 +218,8 @@ def test_gfmn_round_keeps_per_client_moving_averages(tiny_model):
   mean, var = features.client_stats(obj.features, np.asarray(data.images),
                                     np.asarray(data.counts))
   assert mean.shape == (4, 16 * 16)
-  data = rnd.ClientData(data.images, data.counts, (jnp.asarray(mean), jnp.asarray(var)))
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
+  data = ClientData(data.images, data.counts, (jnp.asarray(mean), jnp.asarray(var)))
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
   chex.assert_shape(state.local_states.loss.v_mean, (4, 256))
   step = rnd.make_round_step(prism)
   new, metrics = step(state, data, jax.random.key(1))
@@ -232,7 +234,7 @@ def test_gfmn_nets_start_from_each_clients_own_draw(tiny_model):
   """v_init="torch": every client builds its own nn.Linear nets (official), so the initial
   moving averages differ between clients; client k's is the loss's init for client k."""
   obj = client.Objective(tiny_model, features.pixels, losses.get_loss("gfmn", v_init="torch"))
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=_prism(obj))
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0), prism=_prism(obj))
   v = np.asarray(state.local_states.loss.v_mean)
   assert len({row.tobytes() for row in v}) == v.shape[0]
   bound = 1 / np.sqrt(v.shape[1])
@@ -242,7 +244,7 @@ def test_gfmn_nets_start_from_each_clients_own_draw(tiny_model):
 
 def test_chunked_clients_match_all_at_once(tiny_model, tiny_objective):
   """lax.map over chunks of vmapped clients computes the same round."""
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0))
   data, key = _data(), jax.random.key(3)
   whole, m1 = rnd.make_round_step(_prism(tiny_objective))(state, data, key)
   chunked, m2 = rnd.make_round_step(_prism(tiny_objective, client_chunk=2))(state, data, key)
@@ -258,7 +260,7 @@ def test_chunked_clients_match_all_at_once(tiny_model, tiny_objective):
 
 def test_chunk_larger_than_the_round_pads_no_slots(tiny_model, tiny_objective):
   """A chunk above the clients per round runs the round's clients only, as no chunk does."""
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0))
   data, key = _data(), jax.random.key(3)
   runs = [rnd.make_round_step(_prism(tiny_objective, clients_per_round=3, client_chunk=c),
                               with_uploads=True)(state, data, key) for c in (None, 50)]
@@ -273,7 +275,7 @@ def test_donated_round_reuses_the_state_buffers(tiny_model, tiny_objective):
   data = _data()
   plain = rnd.make_round_step(prism)
   donating = rnd.make_round_step(prism, donate=True)
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0))
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0))
   expected, _ = plain(state, data, jax.random.key(1))
   mine = jax.tree.map(jnp.copy, state)
   got, _ = donating(mine, data, jax.random.key(1))
@@ -288,8 +290,8 @@ def test_carried_optimizer_state_lives_in_the_round_state(tiny_model):
   moments) is written back per client; the others' stay as they were."""
   objective = client.Objective(tiny_model, features.pixels, losses.gaussian_mmd)
   local = client.LocalConfig(local_steps=2, batch_size=4, carry_optimizer=True)
-  prism = rnd.Prism(objective, local, num_clients=4, clients_per_round=2)
-  state = rnd.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
+  prism = algorithm.Prism(objective, local, num_clients=4, clients_per_round=2)
+  state = algorithm.init_state(tiny_model, 0, jax.random.key(0), prism=prism)
   step = rnd.make_round_step(prism)
   counts = lambda s: np.asarray(jax.tree.leaves(s.local_states.opt)[0])   # noqa: E731
   np.testing.assert_array_equal(counts(state), 0)
@@ -308,19 +310,19 @@ def test_refine_switches_the_loss_at_its_round(tiny_model, reset):
   round 3 equals a run on ``loss`` from that state: optimizer counts restart at the switch
   with ``reset_optimizer``, and carry over without it."""
   local = client.LocalConfig(local_steps=2, batch_size=4, carry_optimizer=True)
-  plain = rnd.Prism(client.Objective(tiny_model, features.pixels, losses.gaussian_mmd), local,
+  plain = algorithm.Prism(client.Objective(tiny_model, features.pixels, losses.gaussian_mmd), local,
                     num_clients=4)
-  refine = rnd.Refine(3, losses.energy_distance, reset_optimizer=reset)
+  refine = algorithm.Refine(3, losses.energy_distance, reset_optimizer=reset)
   phased = dataclasses.replace(plain, refine=refine)
   assert phased.refined().objective.loss == refine.loss
-  data, state = _data(4), rnd.init_state(tiny_model, 0, jax.random.key(0), prism=plain)
+  data, state = _data(4), algorithm.init_state(tiny_model, 0, jax.random.key(0), prism=plain)
   expect = got = state
   step_plain, step_phased = rnd.make_round_step(plain), rnd.make_round_step(phased)
   step_refined = rnd.make_round_step(phased.refined())
   for r in range(4):
     key = jax.random.key(r)
     if r == 2 and reset:   # what the refinement's first round starts from
-      expect = expect.replace(local_states=rnd.init_state(
+      expect = expect.replace(local_states=algorithm.init_state(
           tiny_model, 0, jax.random.key(0), prism=plain).local_states)
     expect, m_expect = (step_plain if r < 2 else step_refined)(expect, data, key)
     got, m_got = step_phased(got, data, key)
@@ -336,12 +338,12 @@ def test_refine_local_steps_sets_the_refinement_rounds_steps(tiny_model):
   3 (the carried optimizer's step count says how many ran), and a refinement round equals
   one of the refined algorithm."""
   local = client.LocalConfig(local_steps=2, batch_size=4, carry_optimizer=True)
-  plain = rnd.Prism(client.Objective(tiny_model, features.pixels, losses.gaussian_mmd), local,
+  plain = algorithm.Prism(client.Objective(tiny_model, features.pixels, losses.gaussian_mmd), local,
                     num_clients=4)
-  phased = dataclasses.replace(plain, refine=rnd.Refine(
+  phased = dataclasses.replace(plain, refine=algorithm.Refine(
       2, losses.energy_distance, reset_optimizer=False, local_steps=3))
   assert phased.refined().local.local_steps == 3
-  data, state = _data(4), rnd.init_state(tiny_model, 0, jax.random.key(0), prism=plain)
+  data, state = _data(4), algorithm.init_state(tiny_model, 0, jax.random.key(0), prism=plain)
   step = rnd.make_round_step(phased)
   state, _ = step(state, data, jax.random.key(0))
   counts = lambda s: np.asarray(jax.tree.leaves(s.local_states.opt)[0])  # noqa: E731
@@ -352,12 +354,12 @@ def test_refine_local_steps_sets_the_refinement_rounds_steps(tiny_model):
   chex.assert_trees_all_close(state.scores, expect.scores, atol=1e-6)
   np.testing.assert_allclose(m_got["loss"], m_expect["loss"], rtol=1e-5)
   with pytest.raises(ValueError, match="refine.local_steps must be >= 1, got 0"):
-    rnd.Refine(2, losses.gaussian_mmd, local_steps=0)
+    algorithm.Refine(2, losses.gaussian_mmd, local_steps=0)
 
 
 def test_refine_refuses_stateful_losses(tiny_model):
   gfmn = client.Objective(tiny_model, features.pixels, losses.gfmn_moment_matching())
   with pytest.raises(ValueError, match="refine needs stateless losses.*objective's loss"):
-    rnd.Prism(gfmn, refine=rnd.Refine(2, losses.gaussian_mmd))
+    algorithm.Prism(gfmn, refine=algorithm.Refine(2, losses.gaussian_mmd))
   with pytest.raises(ValueError, match="refine.start must be a round >= 1"):
-    rnd.Refine(0, losses.gaussian_mmd)
+    algorithm.Refine(0, losses.gaussian_mmd)

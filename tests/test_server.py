@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prism_jax import server
+from prism_jax import rules, server
 
 
 def test_aggregate_hand_computed():
@@ -59,15 +59,23 @@ def test_mada_hand_computed():
   chex.assert_trees_all_close(mixed["w"], jnp.array([50.0, 0.0, 0.0, -50.0]))
 
 
-def test_server_update_with_and_without_mada():
+def _server_update(key, prev, masks, weights, cfg, participants=None):
+  """PRISM's rule end to end: ``(new scores, theta_hat, broadcast)``."""
+  rule = rules.PrismRule(server=cfg)
+  participants = participants or jax.tree.leaves(masks)[0].shape[0]
+  bcast, theta = rule.aggregate(key, prev, masks, weights, participants)
+  return rule.apply(prev, (), bcast, 0)[0], theta, bcast
+
+
+def test_prism_rule_with_and_without_mada():
   prev = {"w": jnp.array([3.0, -3.0])}
   masks = {"w": jnp.array([[1, 1], [1, 0]], bool)}
   weights = jnp.ones(2)
-  plain, theta, bcast = server.server_update(jax.random.key(0), prev, masks, weights,
+  plain, theta, bcast = _server_update(jax.random.key(0), prev, masks, weights,
                                              server.ServerConfig(mada=False))
   chex.assert_trees_all_close(plain["w"], jnp.log(theta["w"] / (1 - theta["w"])), rtol=1e-5)
   assert float(bcast.lam) == 1.0
-  mixed, _, bcast = server.server_update(jax.random.key(0), prev, masks, weights,
+  mixed, _, bcast = _server_update(jax.random.key(0), prev, masks, weights,
                                          server.ServerConfig(mada=True))
   lam = bcast.lam
   chex.assert_trees_all_close(mixed["w"], (1 - lam) * prev["w"] + lam * plain["w"], rtol=1e-5)
@@ -81,7 +89,7 @@ def test_broadcast_holds_counts_and_rebuilds_the_server_scores_bitwise():
   weights = jnp.array([1.0, 1.0, 0.0])                               # third slot empty
   for mada in (False, True):
     cfg = server.ServerConfig(mada=mada)
-    scores, theta, bcast = jax.jit(server.server_update, static_argnums=(4, 5))(
+    scores, theta, bcast = jax.jit(_server_update, static_argnums=(4, 5))(
         jax.random.key(1), prev, uploads, weights, cfg, 2)
     np.testing.assert_array_equal(bcast.counts["w"], [2, 1, 0])
     assert bcast.counts["w"].dtype == jnp.int32 and bcast.participants == 2

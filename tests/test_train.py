@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from experiments.configs import mnist_cpu
+from prism_jax import client_data, configure, rundir
 from prism_jax import data, export, losses, train
 
 
@@ -128,14 +129,14 @@ def test_dense_fedavg_baseline_runs_end_to_end(tmp_path):
 def test_non_iid_split_loads_and_writes_partition(tmp_path, split):
   config = _tiny_config()
   config.split, config.alpha, config.min_client_size = split, 0.05, 10
-  splits, parts, client_data = train.load_client_data(config)
-  train.write_partition(config, splits["train"].labels, parts, str(tmp_path))
+  splits, parts, data = client_data.load_client_data(config)
+  client_data.write_partition(config, splits["train"].labels, parts, str(tmp_path))
   with open(tmp_path / "partition.json") as f:
     part = json.load(f)
   hist = np.array(part["label_histogram"])
   assert hist.shape == (3, 10) and hist.sum() == 50_000 and min(part["counts"]) >= 10
-  np.testing.assert_array_equal(client_data.counts, part["counts"])
-  assert client_data.images.shape[:2] == (3, max(part["counts"]))
+  np.testing.assert_array_equal(data.counts, part["counts"])
+  assert data.images.shape[:2] == (3, max(part["counts"]))
   if split == "shards":
     assert max(part["labels_per_client"]) <= config.divide
   assert Image.open(tmp_path / "partition.png").size[0] > 100
@@ -273,14 +274,14 @@ def test_resume_refuses_new_rounds_when_dp_noise_was_calibrated(tmp_path):
   config = _tiny_config()
   config.dp.epsilon = 5.0
   (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
-  train._check_resume(config, str(tmp_path))            # same config: fine
+  rundir.check_resume(config, str(tmp_path))            # same config: fine
   config.rounds = 8
   with pytest.raises(ValueError, match="DP noise is calibrated"):
-    train._check_resume(config, str(tmp_path))
+    rundir.check_resume(config, str(tmp_path))
   config.dp.epsilon = None
   (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
   config.rounds = 12                                     # without DP, more rounds resume
-  train._check_resume(config, str(tmp_path))
+  rundir.check_resume(config, str(tmp_path))
 
 
 def test_runs_saved_before_a_field_existed_resume_while_it_is_off(tmp_path):
@@ -290,18 +291,18 @@ def test_runs_saved_before_a_field_existed_resume_while_it_is_off(tmp_path):
   saved = config.to_dict()
   del saved["refine"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  train._check_resume(config, str(tmp_path))
+  rundir.check_resume(config, str(tmp_path))
   config.refine.start = 2
   with pytest.raises(ValueError, match=r"differs in \['refine'\]"):
-    train._check_resume(config, str(tmp_path))
+    rundir.check_resume(config, str(tmp_path))
   # A curriculum saved before refine.local_steps existed resumes with it unset.
   saved = config.to_dict()
   del saved["refine"]["local_steps"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  train._check_resume(config, str(tmp_path))
+  rundir.check_resume(config, str(tmp_path))
   config.refine.local_steps = 5
   with pytest.raises(ValueError, match=r"differs in \['refine'\]"):
-    train._check_resume(config, str(tmp_path))
+    rundir.check_resume(config, str(tmp_path))
 
 
 def test_runs_saved_before_the_official_options_resume_where_they_change_nothing(tmp_path):
@@ -314,25 +315,25 @@ def test_runs_saved_before_the_official_options_resume_where_they_change_nothing
   del saved["lambda_counts"], saved["local"]["sampling"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ValueError, match=r"differs in \['local'\]"):   # a real-batch loss
-    train._check_resume(config, str(tmp_path))
+    rundir.check_resume(config, str(tmp_path))
   config.local.sampling = "uniform"
-  train._check_resume(config, str(tmp_path))
+  rundir.check_resume(config, str(tmp_path))
   config.mada = True
   saved["mada"] = True
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ValueError, match=r"differs in \['lambda_counts'\]"):
-    train._check_resume(config, str(tmp_path))
+    rundir.check_resume(config, str(tmp_path))
 
 
 def test_refine_config_builds_the_curriculum():
   config = _tiny_config()
-  assert train.build(config).refine is None
+  assert configure.build(config).refine is None
   config.refine.start, config.refine.name = 3, "energy_distance"
-  refine = train.build(config).refine
+  refine = configure.build(config).refine
   assert (refine.start, refine.reset_optimizer, refine.local_steps) == (3, True, None)
   real, fake = (jax.random.normal(jax.random.key(i), (6, 10)) for i in range(2))
   np.testing.assert_allclose(refine.loss.apply(real, fake, ())[0],
                              losses.energy_distance(real, fake), rtol=1e-6)
   config.refine.start = 0
   with pytest.raises(ValueError, match="refine.start must be a round >= 1"):
-    train.build(config)
+    configure.build(config)

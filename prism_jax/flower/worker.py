@@ -1,5 +1,5 @@
 """The node side of the Flower deployment, without JAX: the ``ClientApp`` glue between
-Flower messages and a node's plain-data round (:class:`prism_jax.flower.Node`), and a
+Flower messages and a node's plain-data round (:class:`prism_jax.flower.node.Node`), and a
 long-lived per-node worker that keeps the node's data and compiled update between rounds.
 
 Flower 1.42 starts a new ClientApp process for every message, so a node that computes in
@@ -24,15 +24,15 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Listener
 from typing import Callable
 
-SCORES, CONFIG, UPLOAD, PROBS, METRICS, LOCAL_STATE, GLOBAL, DOWN = (
-    "scores", "config", "upload", "probs", "metrics", "local_state", "global", "downlink")
+from prism_jax.flower.keys import (CONFIG, DOWN, GLOBAL, LOCAL_STATE, METRICS, PROBS,  # noqa: F401
+                                   SCORES, UPLOAD)
 
 Train = Callable[[int, dict, dict], tuple[dict, dict]]
 
 
 def client_app(train: Train):
   """A ``ClientApp`` around ``train(client_id, content, state) -> (reply, state)`` on plain
-  data (:meth:`prism_jax.flower.Node.train`); the node's state lives in Flower's
+  data (:meth:`prism_jax.flower.node.Node.train`); the node's state lives in Flower's
   ``Context`` between rounds. A node's client id is its ``partition-id`` node config."""
   from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
   from flwr.clientapp import ClientApp
