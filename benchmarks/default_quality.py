@@ -8,7 +8,7 @@ config the same way (further ``--config.<field>=...`` flags pass through).
       --workdir=runs/mmd_quality --name=mmd_quality --rounds=20                 # ~25 min
 
 The reports named ``digits_*`` ran the default curriculum when it was the ``:digits``
-variant, with the refining rounds' local steps their names or the README give
+variant, with the refining rounds' local steps their names or docs/default.md give
 (``--config.refine.local_steps=N``); those named ``default_*`` before it ran the one-loss
 default, now ``:mmd``.
 

@@ -250,7 +250,7 @@ def main():
 
 
 def markdown(res) -> str:
-  """The README's Performance table."""
+  """The round-throughput table of docs/performance.md."""
   m = res["machine"]
   where = (f"{m.get('device', m['backend'])}" if m["backend"] != "cpu" else
            f"CPU, {m['cpus']} cores")

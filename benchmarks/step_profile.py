@@ -1,4 +1,4 @@
-"""Where the paper-size client step's time goes on this machine (the figures behind the README's
+"""Where the paper-size client step's time goes on this machine (the figures behind docs/performance.md's
 comparison with the official code).
 
 The generator's forward + backward (batch 64, nz 128, ngf 64, 32x32, 3.5M weights) with each

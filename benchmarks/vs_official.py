@@ -197,7 +197,7 @@ def table_row(r: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-  """The README's table."""
+  """The table of docs/performance.md."""
   peak = result["matmul_gflops"]
   lines = [f"float32 matmul peak here ({result['threads']} threads, 2048^2): JAX "
            f"{peak['jax']:.0f}, torch {peak['torch']:.0f} GFLOP/s.", "", TABLE_HEADER]

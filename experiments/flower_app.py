@@ -3,7 +3,7 @@
 The SuperLink routes messages; one SuperNode per client runs the ClientApp
 (``experiments.flower_client``, which hands each round to the node's worker running
 ``NODE`` here); ``flwr run`` starts ``serverapp`` (see ``deploy/flower/pyproject.toml`` and
-the README). Both sides build
+docs/deployment.md). Both sides build
 the same :class:`prism_jax.flower.Deployment` from the config file named by the environment
 variable ``PRISM_CONFIG`` (``path.py`` or ``path.py:arg``; default: the offline MNIST CPU
 config). A node's ``partition-id`` (``--node-config``) is its client id; here each node

@@ -6,7 +6,7 @@ authentication with registered public keys, one SuperNode per client.
 writes the certificates and keys under ``workdir/secrets``, starts the SuperLink and the
 SuperNodes, registers the nodes' public keys, runs ``flwr run deploy/flower`` and stops
 everything when the run ends (metrics: ``workdir/scores.npz.jsonl``). Across machines the
-same commands run on each site (README, "Deployment with Flower"); only the addresses
+same commands run on each site (docs/deployment.md); only the addresses
 change and each SuperNode keeps its own private key. The functions here are what the
 deployment test drives.
 """

@@ -57,7 +57,7 @@ class Run:
 # The paper's regime at CPU scale: all 10 clients every round, 150 rounds, the official
 # behaviours of the `cpu` setting (carried optimizer state, PyTorch fan-in, three evaluation
 # views); ngf 8 and 5 local steps so that a run takes about 15 minutes on 2 CPU cores. Mask
-# methods use the default run's straight-through estimator and Adam 0.3 (README, "Choosing
+# methods use the default run's straight-through estimator and Adam 0.3 (docs/default.md, "Choosing
 # the default"); dense FedAvg keeps its own learning rate.
 LONG_ROUNDS = 150
 LONG_OVERRIDES = (("rounds", LONG_ROUNDS), ("clients_per_round", 10), ("ngf", 8),

@@ -4,7 +4,7 @@
   python -m experiments.train --config.rounds=5 --workdir=runs/quick
   python -m experiments.train --config=experiments/configs/mnist_cpu.py --config.split=shards
   python -m experiments.train --workdir=runs/mnist_cpu --resume     # after an interruption
-  python -m experiments.train --multihost ...   # one process per host (README, "More than
+  python -m experiments.train --multihost ...   # one process per host (docs/scaling.md, "More than
                                                 # one machine")
 """
 import os

@@ -39,7 +39,7 @@ class Refine:
   """A loss curriculum: from round ``start`` (1-based) on, clients train on ``loss`` instead
   of the objective's. A transport loss draws whole digit shapes with soft strokes, and the
   pixel Gaussian MMD then sharpens the strokes it starts from without breaking the shapes
-  (README, "Whole digits or sharp strokes"). Both losses must be stateless (their state
+  (docs/default.md, "Whole digits or sharp strokes"). Both losses must be stateless (their state
   would otherwise change form mid-run). ``reset_optimizer``: the clients' carried optimizer
   states restart at ``start`` (their moments were estimated on the other loss's gradients).
   ``local_steps``: the refinement rounds' local steps (None: the first loss's)."""

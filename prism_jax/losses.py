@@ -192,7 +192,7 @@ def sinkhorn_divergence(real_feats: jax.Array, fake_feats: jax.Array, eps: float
   With a small ``eps`` each generated sample is pulled towards the few real samples it is
   matched with, not towards a kernel-weighted crowd of them as with a Gaussian MMD: on
   pixels it gives whole digit shapes where the MMD gives sharp fragments, at the price of
-  soft strokes (README, "Choosing the default"). ``cost``: ``"sq"`` or ``"l1"``.
+  soft strokes (docs/default.md). ``cost``: ``"sq"`` or ``"l1"``.
 
   The three transport problems run in one loop, unrolled by default (``unroll``, as
   ``lax.fori_loop`` takes it): XLA:CPU runs a loop nested in the local steps' ``lax.scan``

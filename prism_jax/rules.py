@@ -56,7 +56,7 @@ class Rule:
   # The privacy mechanism's accountant (anything with ``epsilon(participants, delta)`` and
   # ``describe()``): the Gaussian noise on theta (None: no noise, or bound by :meth:`bind`
   # from ``local.dp_noise_std`` with the default sensitivity), PBM's mechanism.
-  privacy: Any = None
+  privacy: Any = dataclasses.field(default=None, kw_only=True)
 
   @property
   def sends_masks(self) -> bool:

@@ -53,7 +53,7 @@ def client_slots(prism, devices: int) -> tuple[int | None, int]:
 
 
 # LLVM's optimisation level for the round's CPU code: at 1 instead of XLA's default 3 the
-# round compiles 2-2.5x faster (default MNIST run: 26 -> 10 s; README, "Performance") and
+# round compiles 2-2.5x faster (default MNIST run: 26 -> 10 s; docs/performance.md) and
 # ran as fast or up to 7% faster in the timings there. XLA_FLAGS=
 # --xla_backend_optimization_level=N takes precedence.
 CPU_OPT_LEVEL = 1

@@ -37,7 +37,7 @@ def test_official_dp_flag_and_its_refusals(tmp_path):
 @pytest.mark.parametrize("variant", ["", "mmd"])
 def test_default_run_is_pure_prism(variant):
   """The offline default (and its one-loss variant): masks only, 1 bit per weight up; MADA
-  on in the variant, off in the default (measured harmful at its scale, README)."""
+  on in the variant, off in the default (measured harmful at its scale, docs/default.md)."""
   prism = configure.build(mnist_cpu.get_config(variant))
   assert prism.method == "prism" and prism.rule.alpha == 0
   assert prism.rule.server.mada == bool(variant)

@@ -12,7 +12,7 @@ as rounding makes them (see the comment there); server scores atol 1e-4. The loc
 replay the golden's masks (rounding would otherwise flip a few bits and the trajectories
 part). The last tests switch one official behaviour off and check that the comparison then
 fails.
-Regenerate: ``python -m benchmarks.official_goldens --official=PATH`` (README).
+Regenerate: ``python -m benchmarks.official_goldens --official=PATH`` (docs/paper-fidelity.md).
 """
 import dataclasses
 

@@ -4,7 +4,7 @@ Reduced from the paper so that it finishes in about six minutes of training with
 downloads: generator width ngf 64 -> 16 (418k instead of 3.5M masked weights), 2 of the 10
 clients per round (all 10 in the paper), 150-200 local steps (100), 6 rounds (150-500), and
 pixel losses instead of moment matching on VGG19 features. Chosen by measuring quality per
-CPU second (README, "Choosing the default"): a wider generator (more weights to select
+CPU second (docs/default.md): a wider generator (more weights to select
 from) and the straight-through estimator with Adam at 0.3 learn several times faster than
 the paper's ngf / estimator / learning rate at this budget, and, on 2 CPU cores, fewer
 clients per round with more local steps, and fewer rounds with more local steps, learn
@@ -21,7 +21,7 @@ samples are whole digits, the kernels narrower than the distance between two dig
 each sample onto the real digits nearest to it, while the widest kernel (1.0), which weighs
 all real digits about alike, would mostly match pixel statistics, which fragments meet as
 well. A Gaussian MMD alone gives a lower domain-FID sooner but draws stroke fragments
-(README, "Whole digits or sharp strokes"). MADA is off: at 2 IID clients a round and 6
+(docs/default.md, "Whole digits or sharp strokes"). MADA is off: at 2 IID clients a round and 6
 rounds its moving average only slows the scores' way to 0 / 1 (measured there); the
 variants keep it on.
 
@@ -126,7 +126,7 @@ def get_config(variant: str = ""):
     # Gaussian MMD without its widest kernel (200 local steps)
     c.refine.start, c.refine.local_steps, c.rounds = 3, 200, 6
     c.refine.kwargs = ml_collections.ConfigDict({"bandwidths": (0.03, 0.1, 0.3)})
-    # MADA measured harmful at this scale (README, "Whole digits or sharp strokes"): with 2
+    # MADA measured harmful at this scale (docs/default.md, "Whole digits or sharp strokes"): with 2
     # IID clients a round for 6 rounds its lambda (0.25-0.44) keeps most of the previous
     # scores, so theta stays uncertain and the exported mask draws many weights at random.
     c.mada = False

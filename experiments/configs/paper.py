@@ -22,7 +22,7 @@
 * smoke:   a few seconds per round on any data, e.g. the small tfds datasets the tests write
 
 Every setting runs the official code's behaviour where it differs from the paper's text
-(README, "Differences from the official code"): each client's Adam state carried across
+(docs/paper-fidelity.md, "Differences from the official code"): each client's Adam state carried across
 rounds, VGG19-BN with batch-statistics BN on raw [-1, 1] inputs (colour fakes rescaled to
 the ImageNet-normalised range, real images not) and its first ``num_layers`` ReLU maps, PyTorch's fan-in for the first layer, GFMN moving averages
 initialised as PyTorch's ``nn.Linear`` (each client its own), MADA's Hamming distance over

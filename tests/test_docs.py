@@ -1,0 +1,59 @@
+"""The README and docs/: the site builds without a broken link, the code examples run, the
+headline table is the one generated from the committed runs, the README stays one screen."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from experiments import headline
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _python_blocks(path: pathlib.Path) -> list[str]:
+  return re.findall(r"^```python\n(.*?)^```", path.read_text(), re.M | re.S)
+
+
+def test_site_builds_strict(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
+                        "-d", str(tmp_path / "site")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (tmp_path / "site" / "reference" / "index.html").exists()
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if _python_blocks(p)],
+                         ids=lambda p: p.name)
+def test_code_examples_run(page, tmp_path, monkeypatch):
+  """A page's blocks run in order in one namespace, as a reader would paste them."""
+  monkeypatch.chdir(tmp_path)
+  namespace = {"__name__": "__doc_example__"}
+  for block in _python_blocks(page):
+    exec(compile(block, str(page), "exec"), namespace)   # noqa: S102
+
+
+def test_readme_headline_table_is_generated():
+  readme = (ROOT / "README.md").read_text()
+  assert headline.table(str(ROOT)) in readme, "run: python -m experiments.headline --write"
+
+
+def test_readme_is_one_screenful_and_its_links_resolve():
+  readme = (ROOT / "README.md").read_text()
+  assert len(readme.splitlines()) < 250
+  for target in re.findall(r"\]\(([^)#]+)\)", readme):
+    if not target.startswith("http"):
+      assert (ROOT / target).exists(), target
+
+
+def test_no_page_cites_a_readme_section_that_moved():
+  """Code and docs point to docs/ pages, not to README sections that are gone."""
+  stale = []
+  for path in [*ROOT.glob("prism_jax/**/*.py"), *ROOT.glob("experiments/**/*.py")]:
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+      if re.search(r"README, \"", line):
+        stale.append(f"{path.relative_to(ROOT)}:{i}")
+  assert not stale
