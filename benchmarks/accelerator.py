@@ -95,7 +95,7 @@ def main(argv=None):
   parser.add_argument("--smoke", action="store_true", help="tiny config (CPU, seconds)")
   parser.add_argument("--budget_s", type=float, default=420, help="stop starting rounds after")
   parser.add_argument("--vgg19", default=None, help="a vgg19_bn .npz (default: random weights)")
-  parser.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/accelerator")
+  parser.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results/accelerator")
   args = parser.parse_args(argv)
   result = run(config(args.smoke, args.vgg19), args.budget_s, args.out)
   print(json.dumps({k: v for k, v in result.items() if k != "loss"}, indent=1))

@@ -4,7 +4,7 @@
 #     accelerator.json and accelerator_samples.png;
 #  2. the one-jit round vs a Python loop at 10, 100, 1,000 clients (benchmarks/round_throughput.py
 #     --accelerator) for LOOP_BUDGET_S seconds: round_throughput_accelerator.{json,md}.
-# Outputs go to $OUT (default benchmarks/accelerator/). It installs the package for the
+# Outputs go to $OUT (default benchmarks/results/accelerator/). It installs the package for the
 # accelerator's JAX only when its dependencies are missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."

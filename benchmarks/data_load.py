@@ -5,7 +5,7 @@ content in its real tfds format (same features, JPEG/PNG encoding, splits) at ``
 training examples; load time is measured through the real ``prism_jax.data.load`` path and
 extrapolated linearly to the full dataset size. ``mnist_offline`` is measured for real.
 
-  python -m benchmarks.data_load --n=10000 --out=benchmarks/data_load.json
+  python -m benchmarks.data_load --n=10000 --out=benchmarks/results/data_load.json
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _rss_mb() -> float:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--n", type=int, default=10_000)
-  parser.add_argument("--out", default="benchmarks/data_load.json")
+  parser.add_argument("--out", default="benchmarks/results/data_load.json")
   parser.add_argument("--datasets", default="mnist_offline,mnist,fashion_mnist,cifar10,celeb_a")
   args = parser.parse_args()
   rows = []

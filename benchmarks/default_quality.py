@@ -80,7 +80,7 @@ def main():
   bad = [f for f in flags if not f.startswith("--config.")]
   if bad:
     p.error(f"unrecognized arguments: {' '.join(bad)} (only --config.<field>=... pass through)")
-  out = os.path.join(os.path.dirname(__file__), args.name)
+  out = os.path.join(os.path.dirname(__file__), "results", args.name)
   if not args.report_only:
     run(args.workdir, args.rounds, args.config, tuple(flags))
   table = rows(args.workdir)

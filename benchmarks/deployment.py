@@ -9,7 +9,7 @@ Rows: the simulator (``flower.reference``: the one-jit round); the deployment co
 the ClientApp process Flower starts per message, reloading the data every message (as before
 warm nodes) or keeping the node's share on its disk (``deploy.worker=False``); and warm nodes
 (the default: a long-lived worker per node keeps data and compiled update). Steady state: the median of the rounds
-after the first. Writes ``benchmarks/deployment.{json,md}``.
+after the first. Writes ``benchmarks/results/deployment.{json,md}``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from experiments import flower_deploy as fd
+from experiments.flower import deploy as fd
 
 CONFIG = """
 from experiments.configs import mnist_cpu
@@ -63,7 +63,7 @@ def deployment_rounds(directory: str, config: str, clients: int) -> list[dict]:
 
 
 def simulator_rounds(config_path: str) -> list[float]:
-  from experiments.flower_client import load_config
+  from experiments.flower.client import load_config
   from prism_jax import client_data
   from prism_jax import flower
   config = load_config(config_path)
@@ -84,7 +84,7 @@ def main():
   p.add_argument("--rounds", type=int, default=4)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--quick", action="store_true")
-  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "deployment"))
+  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "deployment"))
   args = p.parse_args()
   clients = 3 if args.quick else 10
   rows, result = [], {"device": platform.processor() or platform.machine(),

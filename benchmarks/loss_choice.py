@@ -9,7 +9,7 @@ what both metrics give real digits that are blurred, greyed, thickened or cut in
   python -m benchmarks.loss_choice --workdir=runs/loss_choice      # ~60 min; resumable
 
 Each variant's run directory is reused when it holds a summary. Writes
-``benchmarks/loss_choice.{json,md}`` and ``results/loss_choice_samples.png``.
+``benchmarks/results/loss_choice.{json,md}`` and ``results/loss_choice_samples.png``.
 """
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ def figure(workdir: str, panels: list[tuple[str, str]], path: str, cols: int = 3
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default="runs/loss_choice")
-  p.add_argument("--out", default="benchmarks/loss_choice")
+  p.add_argument("--out", default="benchmarks/results/loss_choice")
   args = p.parse_args()
   runs = {k: train(args.workdir, k, central_args(k)) for k in VARIANTS}
   runs.update({k: train(args.workdir, k, a) for k, (_, a) in FEDERATED.items()})

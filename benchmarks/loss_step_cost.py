@@ -8,7 +8,7 @@ of unrolled, and on each of those terms alone. A case is timed as the whole roun
 by the extra steps is the seconds per local step, free of the round's fixed costs. Rounds
 stay on one loss (no ``refine``), so every timed round runs the loss it names.
 
-  python -m benchmarks.loss_step_cost --out benchmarks/loss_step_cost.json   # ~30 min, 2 CPUs
+  python -m benchmarks.loss_step_cost --out benchmarks/results/loss_step_cost.json   # ~30 min, 2 CPUs
   python -m benchmarks.loss_step_cost --cases=mmd,transport   # the two losses, ~10 min
 
 A rerun of some cases replaces their rows in ``--out`` and keeps the others.

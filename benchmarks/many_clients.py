@@ -5,7 +5,7 @@ gathers only the selected clients' rows inside the jitted step; the client array
 copied). Clients are stateless (a fresh optimizer each round, as in cross-device FL): a
 carried optimizer state would cost 2 x (masked weights) floats per client. Each configuration
 runs in its own process, so its peak memory is its own. Writes
-``benchmarks/many_clients.{json,md}``.
+``benchmarks/results/many_clients.{json,md}``.
 
   python -m benchmarks.many_clients            # about 10 minutes on 2 CPU cores
   python -m benchmarks.many_clients --quick    # a smoke run (tested)
@@ -84,7 +84,7 @@ def main(argv=None):
   p.add_argument("--quick", action="store_true")
   p.add_argument("--local_steps", type=int, default=5)
   p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "many_clients"))
+  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "many_clients"))
   p.add_argument("--one", nargs=3, type=int, help=argparse.SUPPRESS)   # child process
   a = p.parse_args(argv)
   if a.one:

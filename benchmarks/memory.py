@@ -34,7 +34,7 @@ def round_bytes(gen: str, clients: int, local_steps: int, batch: int) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser()
-  parser.add_argument("--out", default="benchmarks/memory.json")
+  parser.add_argument("--out", default="benchmarks/results/memory.json")
   parser.add_argument("--local_steps", type=int, default=5)
   parser.add_argument("--batch", type=int, default=64)
   args = parser.parse_args(argv)

@@ -195,7 +195,7 @@ def main():
   p.add_argument("--budget_s", type=float, default=240, help="--accelerator's time budget")
   p.add_argument("--clients", default="", help="--accelerator: only these, e.g. 100,1000")
   p.add_argument("--repeats", type=int, default=2)
-  p.add_argument("--out", default="benchmarks/round_throughput.json")
+  p.add_argument("--out", default="benchmarks/results/round_throughput.json")
   args = p.parse_args()
   q = args.quick
   r = 1 if q else args.repeats

@@ -226,5 +226,5 @@ def report(runs, runs_dir: str, out: str, fig_dir: str, status: dict) -> str:
     lines += ["", f"![official_curves.png]({rel})"]
   notes = [f"- `{run.name}`: {status[run.name]}" for run in runs
            if status.get(run.name, "").startswith(("skipped", "failed"))]
-  from experiments import results
-  return results.write_report(out, lines, "Runs that did not run", notes)
+  from experiments import report as rep
+  return rep.write_report(out, lines, "Runs that did not run", notes)

@@ -31,6 +31,8 @@ def with_real_stats(prism, config, client_data, parts, first: int = 0):
     key += f"-c{first}-{first + client_data.num_clients}"
   t0 = time.perf_counter()
   extractor = prism.objective.features
+  print(f"real feature statistics of {client_data.num_clients} clients ({extractor.name}; "
+        "cached after the first run)...", flush=True)
   # Batch-dependent features (official VGG19): real statistics over local-size batches.
   mean, var = features.cached_client_stats(
       extractor, np.asarray(client_data.images), np.asarray(client_data.counts),

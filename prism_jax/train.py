@@ -272,6 +272,9 @@ def train(config, workdir: str, resume: bool = False) -> dict:
       m0 = evaluate(0, run.state)
       run.log.append({"round": 0, **m0})
       run.progress.write("round 0: " + "  ".join(f"{k} {v:.4g}" for k, v in m0.items()))
+    if run.start < config.rounds:   # else the first lines would wait silently for XLA
+      run.progress.write(f"round {run.start + 1} compiles the round step first (tens of "
+                         "seconds on a CPU; cached for later runs)")
     for r in range(run.start + 1, config.rounds + 1):
       run.state, m = step(run.state, r - 1)
       m.update(run.privacy(r))

@@ -113,3 +113,24 @@ def test_default_is_ot_mmd_in_fewer_longer_rounds():
   assert not default.mada and ot_mmd.mada
   default.mada = True
   assert default.to_dict() == ot_mmd.to_dict()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("local.learning_rate", 1e30, r"local.learning_rate=1e\+30 is outside its valid range \(0, 10\]"),
+    ("local.learning_rate", float("nan"), r"local.learning_rate=nan is outside"),
+    ("local.b2", 1.0, r"local.b2=1.0 is outside its valid range \[0, 1\)"),
+    ("smoothing", 0.7, r"smoothing=0.7 is outside its valid range \(0, 0.5\)"),
+    ("rounds", 0, r"rounds=0 is outside its valid range \[1, 1e\+06\]"),
+])
+def test_absurd_values_are_refused_with_their_range(tmp_path, field, value, message):
+  """A typo or a unit error stops the run before any output, naming the valid range."""
+  from prism_jax import train
+  c = mnist_cpu.get_config()
+  *parents, leaf = field.split(".")
+  node = c
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    train.train(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -1,6 +1,5 @@
 """The README and docs/: the site builds without a broken link, the code examples run, the
 headline table is the one generated from the committed runs, the README stays one screen."""
-import os
 import pathlib
 import re
 import subprocess

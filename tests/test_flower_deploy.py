@@ -1,4 +1,4 @@
-"""A deployment across processes, as ``experiments.flower_deploy`` runs it: SuperLink,
+"""A deployment across processes, as ``experiments.flower.deploy`` runs it: SuperLink,
 SuperNodes and the apps over TLS with SuperNode authentication. A SuperNode whose key is
 not registered is refused; a SuperNode killed mid-run is dropped and the rounds go on; a
 stopped server resumes from its checkpoint."""
@@ -47,8 +47,8 @@ def _log(tmp_path, name):
 
 
 def test_tls_node_auth_dropout_and_server_restart(tmp_path):
-  from experiments import flower_deploy as fd
-  from experiments.flower_client import load_config
+  from experiments.flower import deploy as fd
+  from experiments.flower.client import load_config
   from prism_jax import flower
   config = str(tmp_path / "config.py")
   with open(config, "w") as f:

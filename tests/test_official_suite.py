@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from experiments import official_report, results
+from experiments import official_report, results, suites
 from experiments.configs import overrides
 
 
@@ -23,18 +23,18 @@ def _write_run(runs_dir, name, fids, finished=True):
 
 
 def test_suite_pairs_each_seed_and_mada_setting_across_implementations():
-  runs = results.SUITES["official"]()
-  assert len(runs) == 2 * 2 * len(results.OFFICIAL_SEEDS)
+  runs = suites.SUITES["official"]()
+  assert len(runs) == 2 * 2 * len(suites.OFFICIAL_SEEDS)
   assert [r.runner for r in runs[:2]] == ["prism_jax", "official"]   # both sides early
   keys = {(r.runner, dict(r.overrides)["mada"], r.seed) for r in runs}
   assert len(keys) == len(runs)
-  config = overrides.load_config_file(results.OFFICIAL_CONFIG)
+  config = overrides.load_config_file(suites.OFFICIAL_CONFIG)
   assert config.split == "dirichlet" and config.clients_per_round is None
   assert config.lambda_counts == "state_dict" and config.local.carry_optimizer
 
 
 def test_commands_and_a_missing_official_repository(tmp_path):
-  jax_run, off_run = results.SUITES["official"]()[:2]
+  jax_run, off_run = suites.SUITES["official"]()[:2]
   cmd = results._command(jax_run, str(tmp_path / "a"), None)
   assert cmd[2] == "experiments.train" and "--config.mada=True" in cmd
   assert "skipped" in results._command(off_run, str(tmp_path / "b"), None)
@@ -46,7 +46,7 @@ def test_commands_and_a_missing_official_repository(tmp_path):
 
 
 def test_report_tables_curves_and_verdicts(tmp_path):
-  runs = results.SUITES["official"]()
+  runs = suites.SUITES["official"]()
   runs_dir = str(tmp_path / "runs")
   fid = {("prism_jax", True): 60.0, ("prism_jax", False): 80.0,
          ("official", True): 62.0, ("official", False): 50.0}
@@ -67,7 +67,7 @@ def test_report_tables_curves_and_verdicts(tmp_path):
 
 
 def test_report_before_any_run_finishes(tmp_path):
-  runs = results.SUITES["official"]()
+  runs = suites.SUITES["official"]()
   runs_dir = str(tmp_path / "runs")
   _write_run(runs_dir, runs[0].name, {5: (90.0, 80.0)}, finished=False)
   text = official_report.report(runs, runs_dir, str(tmp_path / "R.md"), str(tmp_path / "f"),
@@ -79,15 +79,15 @@ def test_report_before_any_run_finishes(tmp_path):
 @pytest.mark.parametrize("variant,steps", [("", 20), ("smoke", 2)])
 def test_official_cpu_config(variant, steps):
   config = overrides.load_config_file(
-      f"{results.OFFICIAL_CONFIG}{':' + variant if variant else ''}")
+      f"{suites.OFFICIAL_CONFIG}{':' + variant if variant else ''}")
   assert config.local.local_steps == steps and config.features == "cnn"
   assert config.loss.name == "gfmn" and config.loss.kwargs.learning_rate == 1e-5
   with pytest.raises(ValueError, match="unknown variant"):
-    overrides.load_config_file(f"{results.OFFICIAL_CONFIG}:big")
+    overrides.load_config_file(f"{suites.OFFICIAL_CONFIG}:big")
 
 
 def test_report_reads_the_exported_masks_drawn_again(tmp_path):
-  runs = results.SUITES["official"]()
+  runs = suites.SUITES["official"]()
   runs_dir = str(tmp_path / "runs")
   for i, run in enumerate(runs):
     _write_run(runs_dir, run.name, {20: (60.0, 40.0)})

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from experiments import results
+from experiments import report, results, suites
 from prism_jax import tfds_fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,8 +28,8 @@ def test_smoke_suite_runs_on_tfds_data_and_writes_the_report(tmp_path, monkeypat
   text = out.read_text()
   # The finished run is in the table with its measured numbers; the one whose data is not
   # prepared is listed with the command that prepares it.
-  assert ("| cifar10 | dirichlet | PRISM | 0 | " + results._fmt(summary["domain_fid_fixed"])
-          + " | " + results._fmt(summary["domain_fid_resampled"])) in text
+  assert ("| cifar10 | dirichlet | PRISM | 0 | " + report._fmt(summary["domain_fid_fixed"])
+          + " | " + report._fmt(summary["domain_fid_resampled"])) in text
   assert "fashion_mnist-iid-dp" in text and "tfds build fashion_mnist" in text
   assert (figs / "smoke_curves.png").exists() and (figs / "smoke_samples_dirichlet.png").exists()
   # A second call reuses the finished run instead of training again.
@@ -42,7 +42,7 @@ def _fake(name, split, label, **summary):
   base = dict(rounds=10, bits_up=100, bits_down=3200, bits_up_per_client=25,
               model_bytes=40, model_fraction_of_dense=0.03, seconds_total=60.0,
               num_weights=320)
-  return {"run": results.Run(name, "mnist", split, label=label),
+  return {"run": suites.Run(name, "mnist", split, label=label),
           "summary": {**base, **summary}, "rows": [], "config": {"dataset": "mnist",
                                                                  "alpha": 0.005}}
 
@@ -52,7 +52,7 @@ def test_claims_are_computed_from_the_summaries():
         _fake("b", "dirichlet", "PRISM w/o MADA", domain_fid_fixed=40.0),
         _fake("c", "dirichlet", "dense FedAvg", bits_up=3200, model_fraction_of_dense=1.0,
               domain_fid_fixed=20.0)]
-  text = "\n".join(results.claims(rs))
+  text = "\n".join(report.claims(rs))
   assert "uploads 96.9% fewer bits" in text and "held for the upload" in text
   # Total = up + down: 1 - 3300 / 6400 = 48.4%, which does not reach 60%.
   assert "48.4% lower (did not hold" in text
@@ -68,11 +68,11 @@ def test_mada_verdict_over_seeds_reports_mean_spread_and_wins():
   for (label, seed), fid in fids.items():
     r = _fake(f"{label}{seed}", "dirichlet", label, domain_fid_fixed=fid,
               domain_fid_resampled=fid - 5)
-    r["run"] = results.Run(f"{label}{seed}", "mnist", "dirichlet", label=label, seed=seed)
+    r["run"] = suites.Run(f"{label}{seed}", "mnist", "dirichlet", label=label, seed=seed)
     rs.append(r)
   rs += [_fake(f"l25-{label}", "dirichlet", f"{label}, 25 local steps", domain_fid_fixed=fid)
          for label, fid in (("PRISM", 20.0), ("PRISM w/o MADA", 25.0))]
-  line, longer = results.mada_verdict(rs)
+  line, longer = report.mada_verdict(rs)
   assert "Dirichlet(0.005), 25 local steps, 1 seed(s)**" in longer
   assert longer.endswith("(MADA better on 1 of 1). MADA helps: held at this scale.")
   # mean and sample std (sqrt(112) = 10.6) over the 3 seeds; MADA is better on seeds 0 and 1 only.
@@ -87,7 +87,7 @@ def test_rounds_and_bits_to_target_come_from_the_metrics_rows():
                {"round": 1, "bits_up": 100, "bits_down": 3200},
                {"round": 2, "bits_up": 100, "coded_bits_up": 40, "bits_down": 3200,
                 "domain_fid_fixed": 80.0}]
-  [_, _, row] = results.to_target_table([r])
+  [_, _, row] = report.to_target_table([r])
   # 200 and 100 first reached at round 2, after 3300 + 3240 bits; 50 and 30 never.
   assert row == "| iid | PRISM | 0 | 2, 6.54e+03 | 2, 6.54e+03 | not reached | not reached |"
 
@@ -104,21 +104,21 @@ def test_dp_verdict_finds_the_smallest_useful_number_of_clients():
   rs = [_dp_run(100, "PRISM (no DP)", 40.0), _dp_run(100, "PRISM + PBM, eps 10", 120.0, 9.9),
         _dp_run(1000, "PRISM (no DP)", 30.0), _dp_run(1000, "PRISM + PBM, eps 10", 55.0, 9.9),
         _dp_run(1000, "PRISM + PBM, eps 1", 300.0, 0.99)]
-  text = "\n".join(results.dp_verdict(rs))
+  text = "\n".join(report.dp_verdict(rs))
   assert "| 100 | PRISM + PBM, eps 10 | 9.9 (1.00e-05) | 120 | 3.00x |" in text
   assert "| 1,000 | PRISM + PBM, eps 10 | 9.9 (1.00e-05) | 55 | 1.83x |" in text
   assert "Verdict: the smallest number of clients per round" in text and "is 1,000." in text
   rs[3]["summary"]["domain_fid_fixed"] = 70.0
-  assert "no PBM run with epsilon <= 10 stayed within 2x" in "\n".join(results.dp_verdict(rs))
+  assert "no PBM run with epsilon <= 10 stayed within 2x" in "\n".join(report.dp_verdict(rs))
   # A scale whose PBM runs have not finished is not counted as tested.
-  text = "\n".join(results.dp_verdict(rs[:3]))
+  text = "\n".join(report.dp_verdict(rs[:3]))
   assert "with up to 100 clients per round, no PBM run" in text
   assert "has finished at 1,000 clients per round" in text
 
 
 def test_dp_suite_runs_pbm_beside_non_private_prism_at_each_scale():
-  runs = results.SUITES["dp"]()
-  for n in results.DP_CLIENTS:
+  runs = suites.SUITES["dp"]()
+  for n in suites.DP_CLIENTS:
     names = {r.name for r in runs if r.name.startswith(f"n{n}-")}
     assert {f"n{n}-prism", f"n{n}-pbm-eps1", f"n{n}-pbm-eps3", f"n{n}-pbm-eps10"} <= names
   assert len({r.label for r in runs}) == len(runs)   # the tables tell the scales apart
@@ -130,7 +130,7 @@ def test_dp_suite_runs_pbm_beside_non_private_prism_at_each_scale():
 def test_dp_verdict_withholds_judgement_when_no_dp_is_no_better_than_noise():
   rs = [_dp_run(100, "PRISM (no DP)", 130.0), _dp_run(100, "PRISM + PBM, eps 10", 131.0, 9.9),
         _dp_run(100, "PRISM, noise on theta, eps 10", 160.0, 10.0)]
-  text = "\n".join(results.dp_verdict(rs))
+  text = "\n".join(report.dp_verdict(rs))
   assert "Verdict: none yet (no verdict at 100 clients per round" in text
 
 
@@ -146,12 +146,12 @@ def test_report_has_no_empty_claims_section(tmp_path, monkeypatch):
   dp = _with_config([_dp_run(100, "PRISM (no DP)", 40.0),
                      _dp_run(100, "PRISM + PBM, eps 10", 120.0, 9.9)])
   other = _with_config([_fake("a", "dirichlet", "PRISM", domain_fid_fixed=50.0)])
-  monkeypatch.setattr(results, "figures", lambda *a: [])
+  monkeypatch.setattr(report, "figures", lambda *a: [])
   for suite, fakes, has_claims in (("dp", dp, False), ("mnist_long", other, True)):
     runs = [r["run"] for r in fakes]
-    monkeypatch.setattr(results, "_load", lambda _, run, f=fakes: next(
+    monkeypatch.setattr(report, "_load", lambda _, run, f=fakes: next(
         (r for r in f if r["run"] == run), None))
-    text = results.report(suite, runs, str(tmp_path), str(tmp_path / "R.md"),
+    text = report.report(suite, runs, str(tmp_path), str(tmp_path / "R.md"),
                           str(tmp_path), {})
     assert ("## The paper's claims, checked here" in text) == has_claims, suite
     assert ("Final model size" in text) == has_claims
@@ -165,10 +165,10 @@ def test_results_md_gathers_the_dp_verdict_from_the_committed_dp_runs(tmp_path, 
 
   def load(runs_dir, run):
     loaded.append(runs_dir)
-    return dp.get(run.name) if runs_dir == results.COMMITTED_RUNS["dp"] else main[0]
-  monkeypatch.setattr(results, "_load", load)
-  monkeypatch.setattr(results, "figures", lambda *a: [])
-  write = lambda suite: results.report(suite, [main[0]["run"]], "runs", str(tmp_path / "R.md"),
+    return dp.get(run.name) if runs_dir == suites.COMMITTED_RUNS["dp"] else main[0]
+  monkeypatch.setattr(report, "_load", load)
+  monkeypatch.setattr(report, "figures", lambda *a: [])
+  write = lambda suite: report.report(suite, [main[0]["run"]], "runs", str(tmp_path / "R.md"),
                                        str(tmp_path), {})
   text = write("mnist_long")
   assert "## Privacy: PBM against clients per round" in text
@@ -176,7 +176,7 @@ def test_results_md_gathers_the_dp_verdict_from_the_committed_dp_runs(tmp_path, 
   assert "Verdict: the smallest number of clients per round" in text and "is 100." in text
   assert "## Privacy" not in write("mnist_cpu")   # only RESULTS.md gathers it
   dp.clear()                                         # no finished dp run: no section
-  assert "## Privacy" not in write("mnist_long") and results.COMMITTED_RUNS["dp"] in loaded
+  assert "## Privacy" not in write("mnist_long") and suites.COMMITTED_RUNS["dp"] in loaded
 
 
 def test_parallel_runs_overlap_and_the_report_covers_the_whole_suite(tmp_path, monkeypatch):
@@ -186,7 +186,7 @@ def test_parallel_runs_overlap_and_the_report_covers_the_whole_suite(tmp_path, m
     both_running.wait()
     return "ran"
   monkeypatch.setattr(results, "run_one", run_one)
-  monkeypatch.setattr(results, "figures", lambda *a: [])
+  monkeypatch.setattr(report, "figures", lambda *a: [])
   out = tmp_path / "R.md"
   results.main(["--suite=dp", f"--runs_dir={tmp_path}", f"--out={out}", "--parallel=2",
                 "--only=n100-prism,n100-pbm-eps10"])

@@ -15,8 +15,7 @@ import sys
 def _candidates():
   """Configs searched for a field the chosen one lacks, with the way to choose each."""
   from experiments.configs import paper
-  yield ("--config=experiments/configs/paper.py:mnist_offline,dirichlet (the paper's setting; "
-         "or python -m experiments.mnist --setting=dirichlet,offline)",
+  yield ("--config=experiments/configs/paper.py:mnist_offline,dirichlet (the paper's setting)",
          paper.get_config("mnist_offline,dirichlet"))
 
 

@@ -1,7 +1,7 @@
 """Flower apps for deployment: server and clients as separate processes or machines.
 
 The SuperLink routes messages; one SuperNode per client runs the ClientApp
-(``experiments.flower_client``, which hands each round to the node's worker running
+(``experiments.flower.client``, which hands each round to the node's worker running
 ``NODE`` here); ``flwr run`` starts ``serverapp`` (see ``deploy/flower/pyproject.toml`` and
 docs/deployment.md). Both sides build
 the same :class:`prism_jax.flower.Deployment` from the config file named by the environment
@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 
-from experiments.flower_client import SPEC, load_config
+from experiments.flower.client import SPEC, load_config
 from prism_jax import client_data, configure
 from prism_jax import cache, flower
 

@@ -1,6 +1,6 @@
 """The deployment's ``ClientApp``, kept light: Flower starts a process for every message, and
 this module imports neither JAX nor the library's training code. Each round goes to the
-node's long-lived worker (``experiments.flower_worker``, started by the first message), which
+node's long-lived worker (``experiments.flower.worker``, started by the first message), which
 keeps the node's data and compiled update between rounds; with ``config.deploy.worker=False``
 the round runs in the ClientApp process itself. Config: ``PRISM_CONFIG`` (``path.py`` or
 ``path.py:arg``; default: the offline MNIST CPU config), as for the server.
@@ -28,12 +28,12 @@ def worker_key(spec: str = SPEC) -> str:
 
 
 def _in_process(cid, content, state):
-  from experiments import flower_app   # JAX and the data, in this process, every message
+  from experiments.flower import app as flower_app   # JAX and the data, in this process, every message
   return flower_app.NODE.train(cid, content, state)
 
 
 def _start(cid: int, socket: str) -> list[str]:
-  return [sys.executable, "-m", "experiments.flower_worker", f"--client_id={cid}",
+  return [sys.executable, "-m", "experiments.flower.worker", f"--client_id={cid}",
           f"--socket={socket}"]
 
 

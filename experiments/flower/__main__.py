@@ -6,7 +6,7 @@ checked against the jitted simulator for the same seeds and data.
 
 Writes ``flower.npz`` (final global scores), ``flower.npz.jsonl`` (per-round metrics of the
 Flower run) and ``compare.json`` (round times of both, largest score difference). Deployment
-on separate machines uses the same apps: see ``experiments/flower_app.py``.
+on separate machines uses the same apps: see ``experiments/flower/app.py``.
 """
 import functools
 import json

@@ -1,7 +1,7 @@
 r"""A secure Flower deployment of prism-jax on one machine: TLS everywhere, SuperNode
 authentication with registered public keys, one SuperNode per client.
 
-    python -m experiments.flower_deploy --workdir=runs/deploy --clients=10
+    python -m experiments.flower.deploy --workdir=runs/deploy --clients=10
 
 writes the certificates and keys under ``workdir/secrets``, starts the SuperLink and the
 SuperNodes, registers the nodes' public keys, runs ``flwr run deploy/flower`` and stops
@@ -25,7 +25,7 @@ import time
 
 from absl import app, flags
 
-from experiments import flower_client
+from experiments.flower import client as flower_client
 from prism_jax import worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""A node's long-lived worker (started by ``experiments.flower_client``'s first message):
+"""A node's long-lived worker (started by ``experiments.flower.client``'s first message):
 loads the node's data and compiles its update once, then answers a round per request until
 ``PRISM_WORKER_IDLE_S`` seconds (default 600) pass without one."""
 import os
@@ -12,7 +12,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from experiments import flower_app
+  from experiments.flower import app as flower_app
   from prism_jax import worker
   flower_app.NODE.prepare(FLAGS.client_id)   # data and compiled update before the first round
   worker.serve(FLAGS.socket, flower_app.NODE.train,
