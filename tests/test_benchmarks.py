@@ -1,4 +1,5 @@
-"""The accelerator benchmark's smoke mode runs the paper's path (official VGG19 + GFMN) on CPU."""
+"""The accelerator benchmark's smoke mode runs the paper's path (official VGG19 + GFMN) on CPU;
+the before/after check of a refactor sees one changed bit."""
 import json
 
 import pytest
@@ -131,3 +132,22 @@ def test_loss_step_cost_cases_compute_the_terms_they_name():
   assert loss_step_cost.case_config("mmd").loss.name == "gaussian_mmd"
   with pytest.raises(ValueError, match="unknown case 'sinkhron'"):
     loss_step_cost.case_config("sinkhron")
+
+
+def test_same_run_sees_a_changed_bit_and_ignores_timings(tmp_path):
+  import numpy as np
+
+  from benchmarks import same_run
+
+  def run(name, loss, seconds, mask):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "metrics.jsonl").write_text(json.dumps({"round": 1, "loss": loss,
+                                                 "seconds": seconds}) + "\n")
+    np.savez(d / "model.npz", mask=np.array(mask, np.uint8))
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(d / "samples.png")
+    return str(d)
+  a = run("a", 0.5, 1.0, [1, 0])
+  assert same_run.differences(a, run("b", 0.5, 9.0, [1, 0])) == []
+  assert same_run.differences(a, run("c", 0.5, 1.0, [1, 1])) == ["model.npz: mask differs"]
+  assert same_run.main([a, run("d", 0.50001, 1.0, [1, 0])]) == 1
