@@ -46,9 +46,16 @@ def _get(config, path: str):
   return node
 
 
+# config.precision -> the matmuls' input dtype (generator.matmul).
+PRECISIONS = {"float32": None, "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
 def check_ranges(config) -> None:
   """Raises ``ValueError`` naming the field and its valid range for the first value of
   :data:`RANGES` outside it (unset fields are skipped)."""
+  if config.get("precision", "float32") not in PRECISIONS:
+    raise ValueError(f"config.precision={config.precision!r}: choose one of "
+                     f"{tuple(PRECISIONS)}")
   for path, (low, high, kind) in RANGES.items():
     value = _get(config, path)
     if value is None or isinstance(value, bool):
@@ -156,11 +163,15 @@ def rule(config, num_weights: int) -> rules.Rule:
 def build(config) -> Prism:
   """The algorithm a config describes, validated before any data is loaded or written."""
   check_ranges(config)
+  dtype = PRECISIONS[config.get("precision", "float32")]
   model = generator.ResNetGenerator(config.image_size, image_channels(config), config.nz,
-                                    config.ngf, input_fan=config.get("input_fan", "torch"))
+                                    config.ngf, input_fan=config.get("input_fan", "torch"),
+                                    matmul_dtype=dtype)
   fkw = dict(config.get("features_kwargs") or {})
   if config.features in ("vgg19", "cnn"):
     fkw.setdefault("image_size", config.image_size)
+  if config.features == "vgg19" and dtype:
+    fkw.setdefault("matmul_dtype", dtype)
   if config.features == "cnn":   # trained on the dataset's held-out split, cached
     fkw.update(dataset=config.dataset, cache_dir=cache_dir(config),
                data_dir=config.get("data_dir"))

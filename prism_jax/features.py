@@ -72,7 +72,7 @@ def _pixels_apply(params, images):
 def vgg19(weights: str | None = None, num_layers: int = vgg.NUM_CONV,
           batch_norm: bool | None = None, width: float = 1.0, seed: int = 0,
           image_size: int = 32, official: bool = False, layers: str = "first",
-          fake_range: str = "same") -> Extractor:
+          fake_range: str = "same", matmul_dtype: str | None = None) -> Extractor:
   """VGG19 features from a torchvision weights file (``.npz``, see :mod:`prism_jax.vgg`).
 
   ``num_layers`` ReLU maps, the first ones in forward order (``layers="first"``, the
@@ -80,6 +80,8 @@ def vgg19(weights: str | None = None, num_layers: int = vgg.NUM_CONV,
   ``fake_range="imagenet"``: colour fakes are rescaled from [-1, 1] to the ImageNet-normalised
   range before the network and real images are not, as the official client's
   ``preprocess_fakeData`` does (grey images are only repeated to RGB); ``"same"``: both alike.
+
+  ``matmul_dtype="bfloat16"``: its convolutions' matmuls on bf16 inputs with float32 sums.
 
   ``official``: run it as the official code does (``vgg19_bn`` with batch-statistics BN,
   raw [-1, 1] inputs; :mod:`prism_jax.vgg`). ``weights="random"`` uses random weights from
@@ -101,11 +103,12 @@ def vgg19(weights: str | None = None, num_layers: int = vgg.NUM_CONV,
                      "(or batch_norm=True with weights='random')")
   if fake_range not in ("same", "imagenet"):
     raise ValueError(f"fake_range must be 'same' or 'imagenet', got {fake_range!r}")
-  apply = vgg.make_extractor(num_layers, batch_norm, width, official, layers)
+  apply = vgg.make_extractor(num_layers, batch_norm, width, official, layers, matmul_dtype)
   which = "" if num_layers == vgg.NUM_CONV or layers == "first" else "last"
   name = (f"vgg19{'_bn' if batch_norm else ''}{'-official' if official else ''}"
           f"-L{num_layers}{which}")
   prepare = vgg.imagenet_range if fake_range == "imagenet" else None
+  name += "-bf16" if matmul_dtype else ""
   return Extractor(name + ("-fakes_imagenet" if prepare else ""), apply, params,
                    batch_dependent=official, prepare_fake=prepare)
 

@@ -97,14 +97,36 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return y.reshape(b, 2 * th, 2 * tw, -1)[:, :h, :w]
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.Array:
+MATMUL_DTYPES = (None, "bfloat16")
+
+
+def matmul(a: jax.Array, b: jax.Array, dtype: str | None = None) -> jax.Array:
+  """``a @ b``; with ``dtype="bfloat16"`` the inputs are rounded to bfloat16 and the products
+  accumulated in float32 (CPUs with bf16 instructions and accelerators run it faster; it
+  changes the results, so it is an option, never the CPU default)."""
+  if dtype is None:
+    return a @ b
+  if dtype not in MATMUL_DTYPES:
+    raise ValueError(f"matmul dtype must be one of {MATMUL_DTYPES}, got {dtype!r}")
+  return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
+           dtype: str | None = None) -> jax.Array:
   """Stride-1 'SAME' convolution of NHWC ``x`` with an HWIO ``kernel`` (odd sizes).
 
   ``impl``: XLA's convolution, an im2col ``"matmul"``, or ``"winograd"`` (3x3 kernels by
-  :func:`winograd_conv3x3`; other sizes as ``"matmul"``)."""
+  :func:`winograd_conv3x3`; other sizes as ``"matmul"``). ``dtype``: the matmuls' input
+  precision (:func:`matmul`)."""
   if impl == "xla":
+    if dtype is not None:
+      return jax.lax.conv_general_dilated(
+          x.astype(dtype), kernel.astype(dtype), (1, 1), "SAME",
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if impl == "winograd" and dtype is not None:
+    raise ValueError("conv_impl 'winograd' runs in float32 only")
   if impl == "winograd" and kernel.shape[:2] == (3, 3):
     return winograd_conv3x3(x, kernel)
   if impl not in CONV_IMPLS:
@@ -115,13 +137,13 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.Array:
   if cout < cin:   # few outputs (the image layer): every tap's output first, then shifted
     # sums; im2col's backward would be an outer product XLA fuses with, and recomputes, its
     # producers
-    taps = x @ kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+    taps = matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout), dtype)
     tp = jnp.pad(taps, pad)
     return sum(tp[:, i:i + h, j:j + w, (i * kw + j) * cout:(i * kw + j + 1) * cout]
                for i in range(kh) for j in range(kw))
   xp = jnp.pad(x, pad)
   cols = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], -1)
-  return cols @ kernel.reshape(kh * kw * cin, cout)
+  return matmul(cols, kernel.reshape(kh * kw * cin, cout), dtype)
 
 
 # _PHASE_TAPS[a, o, d] = 1 where tap d of a 3-tap filter on the x2 nearest-upsampled rows
@@ -129,7 +151,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.Array:
 _PHASE_TAPS = ((((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))))
 
 
-def upsample_conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.Array:
+def upsample_conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
+                    dtype: str | None = None) -> jax.Array:
   """``conv2d(upsample2x(x), kernel)`` for a 3x3 ``kernel``, the same function.
 
   With ``impl="matmul"`` it is computed at the low resolution: each of the four output
@@ -140,7 +163,7 @@ def upsample_conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.A
   takes this form too: it already multiplies as little per output as F(2x2, 3x3) would.
   """
   if impl not in ("matmul", "winograd"):
-    return conv2d(upsample2x(x), kernel, impl)
+    return conv2d(upsample2x(x), kernel, impl, dtype)
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f"upsample_conv2d needs a 3x3 kernel, got {kernel.shape[:2]}")
   b, h, w, cin = x.shape
@@ -151,7 +174,7 @@ def upsample_conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.A
   def phase(a, c):
     cols = jnp.concatenate([xp[:, a + i:a + i + h, c + j:c + j + w]
                             for i in range(2) for j in range(2)], -1)
-    return cols @ phase_kernels[a, c].reshape(4 * cin, -1)
+    return matmul(cols, phase_kernels[a, c].reshape(4 * cin, -1), dtype)
 
   y = jnp.stack([jnp.stack([phase(a, c) for c in range(2)], 3) for a in range(2)], 2)
   return y.reshape(b, 2 * h, 2 * w, y.shape[-1])   # [b, h, 2, w, 2, out] interleaved
@@ -164,14 +187,15 @@ class Conv(nn.Module):
   kernel_size: int
   impl: str = "xla"
   upsample: bool = False
+  dtype: str | None = None   # matmul input precision (matmul)
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", signed_constant,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
     if self.upsample:
-      return upsample_conv2d(x, kernel, self.impl)
-    return conv2d(x, kernel, self.impl)
+      return upsample_conv2d(x, kernel, self.impl, self.dtype)
+    return conv2d(x, kernel, self.impl, self.dtype)
 
 
 INPUT_FANS = ("torch", "nz")
@@ -204,15 +228,17 @@ class UpBlock(nn.Module):
   """BN -> ReLU -> up x2 -> Conv3x3 -> BN -> ReLU -> Conv3x3, plus (1x1 conv ->) up x2 skip."""
   features: int
   impl: str = "xla"
+  dtype: str | None = None
 
   @nn.compact
   def __call__(self, x):
-    h = Conv(self.features, 3, self.impl, upsample=True, name="conv1")(
+    h = Conv(self.features, 3, self.impl, upsample=True, dtype=self.dtype, name="conv1")(
         jax.nn.relu(batch_norm(x)))
-    h = Conv(self.features, 3, self.impl, name="conv2")(jax.nn.relu(batch_norm(h)))
+    h = Conv(self.features, 3, self.impl, dtype=self.dtype, name="conv2")(
+        jax.nn.relu(batch_norm(h)))
     skip = x
     if x.shape[-1] != self.features:
-      skip = Conv(self.features, 1, self.impl, name="shortcut")(x)
+      skip = Conv(self.features, 1, self.impl, dtype=self.dtype, name="shortcut")(x)
     return h + upsample2x(skip)
 
 
@@ -224,6 +250,7 @@ class ResNetGenerator(nn.Module):
   ngf: int = 64
   conv_impl: str | None = None   # CONV_IMPLS; None: conv_auto_impl() (compute only)
   input_fan: str = "torch"       # first layer's init fan-in (Project): "torch" | "nz"
+  matmul_dtype: str | None = None   # None: float32; "bfloat16": bf16 inputs, f32 sums
 
   @property
   def num_blocks(self) -> int:
@@ -235,6 +262,9 @@ class ResNetGenerator(nn.Module):
       raise ValueError(f"channels must be 1 or 3, got {self.channels}")
     if self.input_fan not in INPUT_FANS:
       raise ValueError(f"input_fan must be one of {INPUT_FANS}, got {self.input_fan!r}")
+    if self.matmul_dtype not in MATMUL_DTYPES:
+      raise ValueError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got "
+                       f"{self.matmul_dtype!r}")
     super().__post_init__()
 
   @nn.compact
@@ -243,8 +273,9 @@ class ResNetGenerator(nn.Module):
     impl = self.conv_impl or conv_auto_impl()
     x = Project(2 * widths[0], 4, self.input_fan, name="input")(z)
     for i, w in enumerate(widths):
-      x = UpBlock(w, impl, name=f"block{i}")(x)
-    x = Conv(self.channels, 3, impl, name="output")(jax.nn.relu(batch_norm(x)))
+      x = UpBlock(w, impl, self.matmul_dtype, name=f"block{i}")(x)
+    x = Conv(self.channels, 3, impl, dtype=self.matmul_dtype, name="output")(
+        jax.nn.relu(batch_norm(x)))
     return jnp.tanh(x)
 
 

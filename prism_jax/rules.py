@@ -78,7 +78,7 @@ class Rule:
       raise ValueError(f"DP noise is defined on mask probabilities; method {self.name!r} "
                        f"uploads {self.uploads} and has no DP mechanism here")
     if self.privacy is None or self.privacy.noise_std != sigma:
-      n = masking.num_weights(jax.eval_shape(lambda: generator.init_weights(prism.model, 0)))
+      n = masking.num_weights(prism.weight_shapes)
       return dataclasses.replace(self, privacy=dp.Gaussian(sigma, n))
     return self
 

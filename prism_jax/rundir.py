@@ -33,7 +33,8 @@ ADDED = {"refine": lambda v, c: (v or {}).get("start") is None,
          "local.sampling": lambda v, c: v == "uniform" or c["loss"]["name"] == "gfmn",
          "features_kwargs.layers": lambda v, c: (
              v == "last" or c["features_kwargs"].get("num_layers", 16) == 16),
-         "features_kwargs.fake_range": lambda v, c: v == "same" or c["dataset"] in GREY}
+         "features_kwargs.fake_range": lambda v, c: v == "same" or c["dataset"] in GREY,
+         "precision": lambda v, c: v == "float32"}
 
 
 def without_added(saved: dict, now: dict) -> dict:

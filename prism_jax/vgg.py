@@ -50,6 +50,7 @@ class VGG19(nn.Module):
   width: float = 1.0
   conv_impl: str | None = None
   batch_stats: bool = False   # BN with the current batch's statistics (PyTorch train mode)
+  matmul_dtype: str | None = None   # generator.matmul: None (float32) or "bfloat16"
 
   @nn.compact
   def __call__(self, x, valid=None):
@@ -61,7 +62,7 @@ class VGG19(nn.Module):
         c = max(1, int(c * self.width))
         kernel = self.param(f"conv{i}", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], c))
         bias = self.param(f"conv{i}_bias", nn.initializers.zeros, (c,))
-        x = generator.conv2d(x, kernel, impl) + bias
+        x = generator.conv2d(x, kernel, impl, self.matmul_dtype) + bias
         if self.batch_norm:
           bn = {k: self.param(f"bn{i}_{k}", init, (c,)) for k, init in (
               ("scale", nn.initializers.ones), ("bias", nn.initializers.zeros),
@@ -124,14 +125,15 @@ def selected(outs: list, num_layers: int, layers: str = "first") -> list:
 
 def features(params, images: jax.Array, *, num_layers: int = NUM_CONV, layers: str = "first",
              batch_norm: bool = False, width: float = 1.0, official: bool = False,
-             valid: jax.Array | None = None) -> jax.Array:
+             valid: jax.Array | None = None, matmul_dtype: str | None = None) -> jax.Array:
   """``[B, H, W, C]`` in [-1, 1] -> ``[B, D]``: ``num_layers`` conv ReLU maps, the first or
   the last (``layers``), each flattened in (H, W, C) order (``official``: batch-statistics
   BN on raw [-1, 1] inputs, see the module docstring; ``valid``: the rows of a padded batch
   that its statistics are over)."""
   check_layers(num_layers, layers)
   x = to_rgb(images) if official else normalize(images)
-  outs = VGG19(batch_norm, width, batch_stats=official).apply({"params": params}, x, valid)
+  outs = VGG19(batch_norm, width, batch_stats=official,
+               matmul_dtype=matmul_dtype).apply({"params": params}, x, valid)
   outs = selected(outs, num_layers, layers)
   return jnp.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)
 
@@ -216,11 +218,13 @@ def num_features(image_size: int, num_layers: int = NUM_CONV, width: float = 1.0
 
 
 def make_extractor(num_layers: int = NUM_CONV, batch_norm: bool = False, width: float = 1.0,
-                   official: bool = False, layers: str = "first"):
+                   official: bool = False, layers: str = "first",
+                   matmul_dtype: str | None = None):
   """``psi(params, images)`` with the layer selection bound (static under jit)."""
   check_layers(num_layers, layers)
   return functools.partial(features, num_layers=num_layers, layers=layers,
-                           batch_norm=batch_norm, width=width, official=official)
+                           batch_norm=batch_norm, width=width, official=official,
+                           matmul_dtype=matmul_dtype)
 
 
 def _convert(argv=None):

@@ -134,3 +134,16 @@ def test_absurd_values_are_refused_with_their_range(tmp_path, field, value, mess
   with pytest.raises(ValueError, match=message):
     train.train(c, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_precision_reaches_the_generator_and_vgg19_and_is_checked():
+  c = paper.get_config("mnist_offline,dirichlet,cpu")
+  assert configure.build(c).model.matmul_dtype is None
+  c.precision, c.features = "bfloat16", "vgg19"
+  c.features_kwargs = {"weights": "random", "official": True, "width": 0.125}
+  prism = configure.build(c)
+  assert prism.model.matmul_dtype == "bfloat16"
+  assert prism.objective.features.name.endswith("-bf16")
+  c.precision = "half"
+  with pytest.raises(ValueError, match="config.precision='half'"):
+    configure.build(c)

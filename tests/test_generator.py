@@ -131,3 +131,26 @@ def test_winograd_conv_equals_xla_values_and_gradients(shape):
   loss = lambda f: lambda x, k: jnp.sum(f(x, k) * g)   # noqa: E731
   for a, e in zip(jax.grad(loss(got), (0, 1))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
     np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4 * float(jnp.abs(e).max()))
+
+
+@pytest.mark.parametrize("impl", ["matmul", "xla"])
+def test_bfloat16_matmuls_stay_close_to_float32_and_are_an_option(impl):
+  """bf16 inputs with float32 sums: images and score gradients within bf16's rounding of the
+  float32 ones (8 bits of mantissa), not equal to them; the default stays float32."""
+  z = jax.random.normal(jax.random.key(1), (8, 16))
+  f32 = generator.ResNetGenerator(16, 1, 16, 8, conv_impl=impl)
+  bf16 = generator.ResNetGenerator(16, 1, 16, 8, conv_impl=impl, matmul_dtype="bfloat16")
+  weights = generator.init_weights(f32, 0)
+  scores = generator.init_scores(jax.random.key(2), weights)
+
+  def loss(model, s):
+    return jnp.mean(generator.generate(model, weights, s, z, jax.random.key(3), "sample") ** 2)
+  (la, ga), (lb, gb) = (jax.value_and_grad(functools.partial(loss, m))(scores)
+                        for m in (f32, bf16))
+  assert abs(float(lb - la)) < 2e-2 * abs(float(la)) and float(lb) != float(la)
+  flat = lambda t: jnp.concatenate([x.ravel() for x in jax.tree.leaves(t)])  # noqa: E731
+  err = jnp.linalg.norm(flat(gb) - flat(ga)) / jnp.linalg.norm(flat(ga))
+  assert 0 < float(err) < 5e-2, float(err)
+  assert generator.ResNetGenerator().matmul_dtype is None
+  with pytest.raises(ValueError, match="matmul_dtype"):
+    generator.ResNetGenerator(16, 1, 16, 8, matmul_dtype="float16")

@@ -69,6 +69,9 @@ def get_config(variant: str = ""):
   c.score_std = 1.0
   c.input_fan = "torch"                      # first layer's init fan-in: "torch" (official,
                                              # out*k*k) or "nz" (true fan-in, 2x the scale)
+  c.precision = "float32"                    # or "bfloat16": the generator's and VGG19's
+                                             # matmuls on bf16 inputs, float32 sums (changes
+                                             # results; for CPUs with bf16 and accelerators)
   # Local objective.
   c.features = "pixels"                      # or "vgg19" (weights file in features_kwargs)
   c.features_kwargs = ml_collections.ConfigDict()
