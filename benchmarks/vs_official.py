@@ -80,15 +80,17 @@ def official_step_seconds(repo: str, row: str, nz: int, ngf: int, batch: int, st
   return (time.perf_counter() - t0) / steps
 
 
-def _ours(row: str, nz: int, ngf: int, batch: int, steps: int, conv_impl: str | None):
-  """One client's jitted round (``make_round_step``) at the given size: (step, state, data)."""
+def _ours(row: str, nz: int, ngf: int, batch: int, steps: int, conv_impl: str | None,
+          dtype: str | None = None):
+  """One client's jitted round (``make_round_step``) at the given size: (step, state, data).
+  ``dtype="bfloat16"``: the matmuls on bf16 inputs (``config.precision``)."""
   from prism_jax import algorithm, data
   from prism_jax import client, features, generator, losses
   from prism_jax import round as rnd
-  model = generator.ResNetGenerator(32, 1, nz, ngf, conv_impl=conv_impl)
+  model = generator.ResNetGenerator(32, 1, nz, ngf, conv_impl=conv_impl, matmul_dtype=dtype)
   if row == "vgg19":
     extractor = features.get_extractor("vgg19", weights="random", image_size=32,
-                                       num_layers=16, official=True)
+                                       num_layers=16, official=True, matmul_dtype=dtype)
   else:
     extractor = features.pixels
   objective = client.Objective(model, extractor, losses.get_loss("gfmn", learning_rate=1e-5,
@@ -106,9 +108,9 @@ def _ours(row: str, nz: int, ngf: int, batch: int, steps: int, conv_impl: str | 
 
 
 def ours_step_seconds(row: str, nz: int, ngf: int, batch: int, steps: int,
-                      conv_impl: str | None) -> float:
+                      conv_impl: str | None, dtype: str | None = None) -> float:
   """Seconds per local step of one client in the jitted round (after compilation)."""
-  step, state, data, _ = _ours(row, nz, ngf, batch, steps, conv_impl)
+  step, state, data, _ = _ours(row, nz, ngf, batch, steps, conv_impl, dtype)
   times = []
   for r in range(3):   # round 0 compiles
     t0 = time.perf_counter()
@@ -153,6 +155,8 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--conv_impl", default=None, help="ours: xla | matmul (default: auto)")
+  p.add_argument("--bf16", action="store_true", help="also ours with precision=bfloat16 "
+                 "(bf16 matmul inputs, float32 sums; for CPUs with bf16 instructions)")
   p.add_argument("--out", default=None, help="JSON file for the results")
   a = p.parse_args(argv)
   size = SIZES[a.size]
@@ -171,6 +175,10 @@ def main(argv=None):
                  "gflop_per_step": gflop, "official_gflops": gflop / off,
                  "prism_jax_gflops": gflop / ours, "seconds_at_matmul_peak": gflop / best,
                  "target_s": off / 1.5})
+    if a.bf16:
+      bf = ours_step_seconds(row, size["nz"], size["ngf"], a.batch, a.steps, a.conv_impl,
+                             "bfloat16")
+      rows[-1].update(prism_jax_bf16_s=bf, speedup_bf16=off / bf)
     print(table_row(rows[-1]), flush=True)
   import torch
   result = {"size": a.size, **size, "batch": a.batch, "steps": a.steps, "threads": a.threads,
@@ -183,15 +191,18 @@ def main(argv=None):
       json.dump(result, f, indent=2)
 
 
-TABLE_HEADER = ("| features | official s | prism-jax s | official / prism-jax | GFLOP per step | "
-                "official GFLOP/s | prism-jax GFLOP/s | s at the matmul peak | 1.5x target s |\n"
-                "|---|---|---|---|---|---|---|---|---|")
+TABLE_HEADER = ("| features | official s | prism-jax s | official / prism-jax | prism-jax bf16 s | "
+                "official / bf16 | GFLOP per step | official GFLOP/s | prism-jax GFLOP/s | "
+                "s at the matmul peak | 1.5x target s |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def table_row(r: dict) -> str:
   """One row of the table (printed as it is measured, and in :func:`markdown`)."""
+  bf = (f"{r['prism_jax_bf16_s']:.2f} | {r['speedup_bf16']:.2f}x"
+        if "prism_jax_bf16_s" in r else "- | -")
   return (f"| {r['row']} | {r['official_s']:.2f} | {r['prism_jax_s']:.2f} | "
-          f"{r['speedup']:.2f}x | {r['gflop_per_step']:.0f} | {r['official_gflops']:.0f} | "
+          f"{r['speedup']:.2f}x | {bf} | {r['gflop_per_step']:.0f} | {r['official_gflops']:.0f} | "
           f"{r['prism_jax_gflops']:.0f} | {r['seconds_at_matmul_peak']:.2f} | "
           f"{r['target_s']:.2f} |")
 

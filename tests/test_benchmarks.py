@@ -46,7 +46,9 @@ def test_vs_official_table_sets_the_ratios_beside_the_ceiling():
        "seconds_at_matmul_peak": 0.75, "target_s": 1 / 1.5}]}
   md = vs_official.markdown(result)
   assert "JAX 160, torch 150 GFLOP/s" in md
-  assert "| pixels | 1.00 | 2.00 | 0.50x | 120 | 120 | 60 | 0.75 | 0.67 |" in md
+  assert "| pixels | 1.00 | 2.00 | 0.50x | - | - | 120 | 120 | 60 | 0.75 | 0.67 |" in md
+  result["rows"][0].update(prism_jax_bf16_s=0.5, speedup_bf16=2.0)
+  assert "| pixels | 1.00 | 2.00 | 0.50x | 0.50 | 2.00x | 120 |" in vs_official.markdown(result)
 
 
 def test_loss_choice_variants_build_the_losses_they_name():
