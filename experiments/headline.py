@@ -39,7 +39,7 @@ def rows(root: str = ROOT) -> list[tuple[str, str, str]]:
               f"domain-FID {d['domain_fid_fixed']:.1f} of the exported 1-bit model, "
               f"legibility {d['legibility_fixed']:.2f}, model {d['model_bytes']:,} bytes "
               f"({100 * d['model_fraction_of_dense']:.1f}% of dense), "
-              f"{d['seconds_total']:.0f} s", "`results/default/`"))
+              f"{d['seconds_total']:.0f} s with the evaluation after every round", "`results/default/`"))
   for mada, name in (("mada", "with MADA"), ("nomada", "without MADA")):
     ours = [x for s in (0, 1) for x in _draws(root, f"prism_jax-{mada}-s{s}")]
     theirs = [x for s in (0, 1) for x in _draws(root, f"official-{mada}-s{s}")]
