@@ -1,4 +1,4 @@
-"""A node's long-lived worker (prism_jax.worker): started by the first request, reused
+"""A node's long-lived worker (prism_jax.flower.worker): started by the first request, reused
 by the next, reporting the round's exception, refusing callers without its key, and ending
 when idle."""
 import os
@@ -9,11 +9,11 @@ from multiprocessing.connection import Client
 
 import pytest
 
-from prism_jax import worker
+from prism_jax.flower import worker
 
 WORKER = """
 import os, sys
-from prism_jax import worker
+from prism_jax.flower import worker
 
 def train(cid, content, state):
   if content == "fail":

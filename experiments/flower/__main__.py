@@ -21,7 +21,7 @@ from ml_collections import config_flags
 from prism_jax import client_data
 from prism_jax import flower
 
-_DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
+_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "mnist_cpu.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/flower", "Output directory.")
 _CPUS = flags.DEFINE_float("client_cpus", 2, "CPUs per Flower client actor (Ray).")

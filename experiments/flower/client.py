@@ -10,9 +10,9 @@ import os
 import sys
 
 from experiments.configs import overrides
-from prism_jax import worker
+from prism_jax.flower import worker
 
-DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "mnist_cpu.py")
+DEFAULT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "mnist_cpu.py")
 SPEC = os.environ.get("PRISM_CONFIG", DEFAULT)
 
 

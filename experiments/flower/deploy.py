@@ -26,9 +26,9 @@ import time
 from absl import app, flags
 
 from experiments.flower import client as flower_client
-from prism_jax import worker
+from prism_jax.flower import worker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 APP_DIR = os.path.join(ROOT, "deploy", "flower")
 
 

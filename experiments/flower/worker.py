@@ -13,7 +13,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from experiments.flower import app as flower_app
-  from prism_jax import worker
+  from prism_jax.flower import worker
   flower_app.NODE.prepare(FLAGS.client_id)   # data and compiled update before the first round
   worker.serve(FLAGS.socket, flower_app.NODE.train,
                     float(os.environ.get("PRISM_WORKER_IDLE_S", 600)))
