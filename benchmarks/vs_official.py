@@ -8,7 +8,7 @@ precomputed from data. Ours is :func:`prism_jax.round.make_round_step` with one 
 same sizes. Each side runs a warm-up (compilation for JAX), then ``--steps`` local steps
 timed; the table gives seconds per local step and the ratio.
 
-  pip install torch torchvision pandas --index-url https://download.pytorch.org/whl/cpu
+  pip install torch==2.13.0     # CPU build (benchmarks.official: torch alone suffices)
   git clone https://github.com/tjrudrnr2/PRISM_ICLR25 /tmp/PRISM_ICLR25
   python -m benchmarks.vs_official --official=/tmp/PRISM_ICLR25            # paper size
   python -m benchmarks.vs_official --official=/tmp/PRISM_ICLR25 --size=small --steps=2
@@ -29,7 +29,6 @@ import io
 import json
 import os
 import statistics
-import sys
 import time
 
 import jax
@@ -42,25 +41,15 @@ def official_step_seconds(repo: str, row: str, nz: int, ngf: int, batch: int, st
                           threads: int) -> float:
   """Seconds per local step of the official client (its ``local_train`` loop)."""
   import torch
+
+  from benchmarks import official
   torch.set_num_threads(threads)
-  if repo not in sys.path:
-    sys.path.insert(0, repo)
-  from clients import prism as official_client
-  from models import load_classifier, vgg_pytorch
-  from src import options
-  if not getattr(vgg_pytorch, "_offline", False):   # random VGG19 weights, no download
-    orig = vgg_pytorch.vgg19_bn
-    vgg_pytorch.vgg19_bn = lambda pretrained=False, **kw: orig(False, **kw)
-    vgg_pytorch._offline = True
-  saved, sys.argv = sys.argv, [sys.argv[0]]
-  try:
-    args = options.args_parser()
-  finally:
-    sys.argv = saved
-  args.nz, args.ngf, args.nc, args.imageSize, args.local_bs = nz, ngf, 1, 32, batch
-  args.dataset, args.local_ep, args.save = "mnist", steps, False
-  clf = load_classifier.getClassifier(args)
-  client = official_client.Client(args, clf, None, 0, "cpu")
+  off = official.load(repo)     # unmodified; torchvision & co. as inert stand-ins if absent
+  official.offline_vgg(off)     # random VGG19 weights, no download
+  args = official.args(off, nz=nz, ngf=ngf, nc=1, imageSize=32, local_bs=batch,
+                       dataset="mnist", local_ep=steps, save=False)
+  clf = off.classifier.getClassifier(args)
+  client = off.client.Client(args, clf, None, 0, "cpu")
   if row == "pixels":   # the generator alone: GFMN on the image itself
     client.preprocess_fakeData = lambda x, *_: x
     client.extractFeatures = lambda x, detachOutput=False: x.reshape(x.shape[0], -1)

@@ -56,3 +56,12 @@ def test_no_page_cites_a_readme_section_that_moved():
       if re.search(r"README, \"", line):
         stale.append(f"{path.relative_to(ROOT)}:{i}")
   assert not stale
+
+
+def test_performance_page_holds_the_measured_official_comparison():
+  import json
+
+  from benchmarks import vs_official
+  result = json.loads((ROOT / "benchmarks" / "results" / "vs_official.json").read_text())
+  page = (ROOT / "docs" / "performance.md").read_text()
+  assert vs_official.markdown(result).strip() in page
