@@ -137,3 +137,31 @@ def test_pbm_trains_end_to_end_at_the_calibrated_epsilon_and_resumes_exactly(
   with pytest.raises(ValueError, match="not both"):
     c.dp.b = 0.1
     configure.build(c)
+
+
+def test_the_compiled_server_step_computes_the_new_scores_once():
+  """PBMRule.aggregate needs the new scores for MADA's lambda and apply rebuilds them from
+  the broadcast (as clients do): in one jitted server step XLA merges the two, so the step
+  costs about aggregate alone, not aggregate plus another decode."""
+  import functools
+
+  from prism_jax import algorithm, client, features, generator, losses, masking, rules
+  from prism_jax import round as rnd
+  model = generator.ResNetGenerator(16, 1, 8, 4)
+  n = masking.num_weights(jax.eval_shape(lambda: generator.init_weights(model, 0)))
+  prism = algorithm.Prism(client.Objective(model, features.pixels, losses.gaussian_mmd),
+                          client.LocalConfig(local_steps=1, batch_size=4), num_clients=3,
+                          rule=rules.PBMRule(mechanism=pbm.Mechanism.for_model(0.25, 0.05, n)))
+  state = algorithm.init_state(model, 0, jax.random.key(0), prism=prism)
+  uploads, rot = jnp.zeros((3, pbm.padded_size(n)), bool), prism.rule.rotation(jax.random.key(1))
+
+  def flops(f, *args):
+    cost = jax.jit(f).lower(*args).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+  step = flops(functools.partial(rnd.server_step, prism), jax.random.key(2), state, uploads,
+               jnp.ones(3), rot)
+  aggregate = flops(lambda s, u, r: prism.rule.aggregate(jax.random.key(2), s, u, jnp.ones(3),
+                                                         3, r), state.scores, uploads, rot)
+  decode = flops(lambda s, c, r: prism.rule._new(s, c, 3, r), state.scores,
+                 jnp.zeros(pbm.padded_size(n), jnp.int32), rot)
+  assert step < aggregate + 0.5 * decode, (step, aggregate, decode)
