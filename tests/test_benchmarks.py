@@ -153,3 +153,14 @@ def test_same_run_sees_a_changed_bit_and_ignores_timings(tmp_path):
   assert same_run.differences(a, run("b", 0.5, 9.0, [1, 0])) == []
   assert same_run.differences(a, run("c", 0.5, 1.0, [1, 1])) == ["model.npz: mask differs"]
   assert same_run.main([a, run("d", 0.50001, 1.0, [1, 0])]) == 1
+
+
+def test_bf16_quality_table_sets_each_precision_beside_the_other():
+  from benchmarks import bf16_quality
+  rows = [{"precision": p, "seed": s, "domain_fid": fid, "legibility": 0.2,
+           "seconds_total": 400.0, "seconds_per_round": spr}
+          for p, fids, spr in (("float32", (20.0, 30.0, 40.0), 50.0),
+                               ("bfloat16", (25.0, 35.0, 45.0), 45.0)) for s, fid in zip((0, 1, 2), fids)]
+  md = bf16_quality.markdown(rows)
+  assert "| float32 | 3 | 30.0 ± 10.0 (20.0, 30.0, 40.0) | 0.200 | 50.0 |" in md
+  assert "| bfloat16 | 3 | 35.0 ± 10.0 (25.0, 35.0, 45.0) | 0.200 | 45.0 |" in md
