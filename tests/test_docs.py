@@ -65,3 +65,8 @@ def test_performance_page_holds_the_measured_official_comparison():
   result = json.loads((ROOT / "benchmarks" / "results" / "vs_official.json").read_text())
   page = (ROOT / "docs" / "performance.md").read_text()
   assert vs_official.markdown(result).strip() in page
+
+
+def test_performance_page_holds_the_measured_bf16_quality_table():
+  table = (ROOT / "benchmarks" / "results" / "bf16_quality.md").read_text().strip()
+  assert table in (ROOT / "docs" / "performance.md").read_text()
