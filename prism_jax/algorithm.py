@@ -135,14 +135,14 @@ class Prism:
     """Per-layer choice of float32 uploads (bools; None: every layer sends bits)."""
     return self.rule.send_probs(self.weight_shapes if weights is None else weights)
 
-  @property
+  @functools.cached_property
   def bit_leaves(self) -> list[bool]:
     """Per leaf of the weights, whether it uploads bits (not float32 values)."""
     probs = self.send_probs()
     return ([not p for p in jax.tree.leaves(probs)] if probs else
             [True] * len(jax.tree.leaves(self.weight_shapes)))
 
-  @property
+  @functools.cached_property
   def num_prob_weights(self) -> int:
     """Weights whose upload is float32 (PRISM-alpha's last layers; all for FedAvg)."""
     return sum(x.size for b, x in zip(self.bit_leaves, jax.tree.leaves(self.weight_shapes))

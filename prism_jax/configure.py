@@ -203,8 +203,8 @@ def refinement(config) -> Refine | None:
   if rc.get("start") is None:
     return None
   return Refine(rc["start"], losses.get_loss(rc.get("name", "gaussian_mmd"),
-                                                 **dict(rc.get("kwargs") or {})),
-                    rc.get("reset_optimizer", True), rc.get("local_steps"))
+                                             **dict(rc.get("kwargs") or {})),
+                rc.get("reset_optimizer", True), rc.get("local_steps"))
 
 
 def cache_dir(config) -> str:

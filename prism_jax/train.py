@@ -134,9 +134,10 @@ def setup(config, workdir: str, resume: bool = False) -> Run:
   print(f"{prism.method}: generator with {n:,} weights; upload {comm['bits_up_per_client']:,} "
         f"bits/client/round ({comm['bits_up_per_client'] / 8 / 1024:.1f} KiB)")
   if prism.rule.privacy is not None:
+    spent = run.privacy(config.rounds)   # one accountant pass
     print(f"DP: {prism.rule.privacy.describe()}; {prism.per_round} clients per round; "
-          f"epsilon after {config.rounds} rounds {run.privacy(config.rounds)['dp_epsilon']:.4g} "
-          f"at delta {run.privacy(config.rounds)['dp_delta']}")
+          f"epsilon after {config.rounds} rounds {spent['dp_epsilon']:.4g} "
+          f"at delta {spent['dp_delta']}")
   return run
 
 
