@@ -56,44 +56,59 @@ def upsample2x(x: jax.Array) -> jax.Array:
 
 
 def conv_auto_impl() -> str:
-  """``"matmul"`` on CPU, ``"xla"`` elsewhere.
+  """``"cpu"`` on CPU, ``"xla"`` elsewhere.
 
   XLA:CPU runs convolutions whose kernel is batched (``vmap`` over clients with per-client
-  masks) or that sit inside a ``lax.scan`` 5-50x slower than straight-line code; an
-  im2col convolution (shifted slices + one matmul) has neither problem. GPUs and TPUs run
-  the native convolution well in both cases.
+  masks) or that sit inside a ``lax.scan`` 5-50x slower than straight-line code; im2col
+  and Winograd convolutions (slices, elementwise sums and matmuls) have neither problem.
+  GPUs and TPUs run the native convolution well in both cases.
   """
-  return "matmul" if jax.default_backend() == "cpu" else "xla"
+  return "cpu" if jax.default_backend() == "cpu" else "xla"
 
 
-CONV_IMPLS = ("xla", "matmul", "winograd")
+CONV_IMPLS = ("xla", "matmul", "winograd", "cpu")
+# "cpu": Winograd for 3x3 convolutions with at least this many input channels (float32),
+# im2col for the rest: the faster of the two per layer on a 2-core CPU, forward and both
+# gradients (python -m benchmarks.conv_layers; docs/performance.md).
+WINOGRAD_MIN_CHANNELS = 128
 
 # Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, CVPR 2016): Y = A^T [(G g G^T) *
 # (B^T d B)] A for a 4x4 input tile d and a 3x3 filter g gives a 2x2 output tile of the
-# correlation with 16 instead of 36 multiplications per channel pair.
-_WINO_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_WINO_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-_WINO_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+# correlation with 16 instead of 36 multiplications per channel pair. B^T, G and A^T are
+# applied as the sums they are (one axis at a time), so XLA fuses each transform into one
+# elementwise pass instead of running them as tiny matmuls.
+def _wino_bt(d):   # B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+  return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+
+
+def _wino_g(g):    # G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+  return [g[0], (g[0] + g[1] + g[2]) * 0.5, (g[0] - g[1] + g[2]) * 0.5, g[2]]
+
+
+def _wino_at(m):   # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+  return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
 
 
 def winograd_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Stride-1 'SAME' 3x3 convolution of NHWC ``x`` with an HWIO ``kernel`` by Winograd's
   F(2x2, 3x3): the kernel and the overlapping 4x4 input tiles (stride 2) are transformed,
-  multiplied as 16 batched matmuls over the channels, and transformed back into 2x2 output
-  tiles (odd sizes: the map is padded to even and cropped). The same function as
-  :func:`conv2d`, up to float rounding; its gradient (by ``jax.grad``) has the same form."""
+  multiplied as 16 batched matmuls over the channels (``[16, tiles, in] @ [16, in, out]``),
+  and transformed back into 2x2 output tiles (odd sizes: the map is padded to even and
+  cropped). The same function as :func:`conv2d`, up to float rounding; its gradient (by
+  ``jax.grad``) has the same form: transposed transforms around 16 batched matmuls."""
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f"winograd_conv3x3 needs a 3x3 kernel, got {kernel.shape[:2]}")
-  b, h, w, _ = x.shape
+  b, h, w, cin = x.shape
   th, tw = (h + 1) // 2, (w + 1) // 2
   xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
-  d = jnp.stack([jnp.stack([xp[:, i:i + 2 * th:2, j:j + 2 * tw:2] for j in range(4)])
-                 for i in range(4)])                                   # [4, 4, b, th, tw, in]
-  bt, g, at = (jnp.asarray(m, x.dtype) for m in (_WINO_BT, _WINO_G, _WINO_AT))
-  v = jnp.einsum("ai,bj,ijnhwc->abnhwc", bt, bt, d)
-  u = jnp.einsum("ai,bj,ijco->abco", g, g, kernel.astype(x.dtype))
-  m = jnp.einsum("abnhwc,abco->abnhwo", v, u)
-  y = jnp.einsum("pa,qb,abnhwo->nhpwqo", at, at, m)                   # [b, th, 2, tw, 2, out]
+  rows = _wino_bt([xp[:, i:i + 2 * th:2] for i in range(4)])        # 4 x [b, th, W + 2, in]
+  v = jnp.stack([t for r in rows for t in _wino_bt([r[:, :, j:j + 2 * tw:2] for j in range(4)])])
+  k = kernel.astype(x.dtype)
+  u = jnp.stack([t for r in _wino_g([k[i] for i in range(3)])
+                 for t in _wino_g([r[j] for j in range(3)])])        # [16, in, out]
+  m = (v.reshape(16, b * th * tw, cin) @ u).reshape(4, 4, b, th, tw, -1)
+  y = jnp.stack([jnp.stack(_wino_at([r[c] for c in range(4)]), 3)
+                 for r in _wino_at([m[a] for a in range(4)])], 2)    # [b, th, 2, tw, 2, out]
   return y.reshape(b, 2 * th, 2 * tw, -1)[:, :h, :w]
 
 
@@ -115,9 +130,13 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
            dtype: str | None = None) -> jax.Array:
   """Stride-1 'SAME' convolution of NHWC ``x`` with an HWIO ``kernel`` (odd sizes).
 
-  ``impl``: XLA's convolution, an im2col ``"matmul"``, or ``"winograd"`` (3x3 kernels by
-  :func:`winograd_conv3x3`; other sizes as ``"matmul"``). ``dtype``: the matmuls' input
-  precision (:func:`matmul`)."""
+  ``impl``: XLA's convolution, an im2col ``"matmul"``, ``"winograd"`` (3x3 kernels by
+  :func:`winograd_conv3x3`; other sizes as ``"matmul"``), or ``"cpu"``: Winograd for 3x3
+  kernels with ``WINOGRAD_MIN_CHANNELS`` inputs or more in float32, im2col otherwise.
+  ``dtype``: the matmuls' input precision (:func:`matmul`)."""
+  if impl == "cpu":
+    impl = ("winograd" if kernel.shape[:2] == (3, 3) and dtype is None
+            and kernel.shape[2] >= WINOGRAD_MIN_CHANNELS else "matmul")
   if impl == "xla":
     if dtype is not None:
       return jax.lax.conv_general_dilated(
@@ -155,14 +174,15 @@ def upsample_conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
                     dtype: str | None = None) -> jax.Array:
   """``conv2d(upsample2x(x), kernel)`` for a 3x3 ``kernel``, the same function.
 
-  With ``impl="matmul"`` it is computed at the low resolution: each of the four output
-  phases (row and column parity) of a 3x3 conv over a nearest-upsampled map is a 2x2 conv
-  of the input whose taps are sums of the 3x3 kernel's (sub-pixel convolution), 16 instead
-  of 36 multiply-adds per input pixel and channel pair and a quarter of the im2col memory;
-  on CPU it halves the time of the generator's upsampling convolutions. ``"winograd"``
-  takes this form too: it already multiplies as little per output as F(2x2, 3x3) would.
+  With ``impl`` ``"matmul"``, ``"winograd"`` or ``"cpu"`` it is computed at the low
+  resolution: each of the four output phases (row and column parity) of a 3x3 conv over a
+  nearest-upsampled map is a 2x2 conv of the input whose taps are sums of the 3x3 kernel's
+  (sub-pixel convolution), 16 instead of 36 multiply-adds per input pixel and channel pair
+  and a quarter of the im2col memory; on CPU it halves the time of the generator's
+  upsampling convolutions. It already multiplies as little per output as F(2x2, 3x3)
+  would, so Winograd is not applied on top.
   """
-  if impl not in ("matmul", "winograd"):
+  if impl not in ("matmul", "winograd", "cpu"):
     return conv2d(upsample2x(x), kernel, impl, dtype)
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f"upsample_conv2d needs a 3x3 kernel, got {kernel.shape[:2]}")

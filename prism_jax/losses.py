@@ -34,9 +34,33 @@ def stateless(loss: Loss) -> FeatureLoss:
                      lambda real, fake, state: (loss(real, fake), state))
 
 
+@jax.custom_vjp
 def feature_stats(feats: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-feature mean and unbiased variance over the batch (GFMN / official code)."""
-  return jnp.mean(feats, 0), jnp.var(feats, 0, ddof=1)
+  """Per-feature mean and unbiased variance over the batch (GFMN / official code).
+
+  The sums over the batch are matrix-vector products and the gradient is written out,
+  ``d mu / d f_i = 1 / n`` and ``d var / d f_i = 2 (f_i - mu) / (n - 1)`` (the mean's term
+  cancels: the deviations sum to zero), so nothing reduces over the batch axis: XLA:CPU's
+  library reductions over the leading axis of a ``[64, 303104]`` VGG19 feature batch take
+  0.4 s per step, against 0.06 s for this form (docs/performance.md)."""
+  n = feats.shape[0]
+  w = jnp.full((n,), 1.0 / n, feats.dtype)
+  mu = w @ feats
+  return mu, (w @ jnp.square(feats - mu)) * (n / (n - 1))
+
+
+def _feature_stats_fwd(feats):
+  stats = feature_stats(feats)
+  return stats, (feats, stats[0])
+
+
+def _feature_stats_bwd(res, grads):
+  feats, mu = res
+  n = feats.shape[0]
+  return (grads[0] / n + grads[1] * (2.0 / (n - 1)) * (feats - mu),)
+
+
+feature_stats.defvjp(_feature_stats_fwd, _feature_stats_bwd)
 
 
 class MovingAverageState(NamedTuple):

@@ -154,3 +154,37 @@ def test_bfloat16_matmuls_stay_close_to_float32_and_are_an_option(impl):
   assert generator.ResNetGenerator().matmul_dtype is None
   with pytest.raises(ValueError, match="matmul_dtype"):
     generator.ResNetGenerator(16, 1, 16, 8, matmul_dtype="float16")
+
+
+# (size, in, out) of every 3x3 stride-1 convolution VGG19 and the paper generator run
+# (32x32 images; the generator's second convolution per block), batch 2.
+LAYER_SHAPES = sorted({(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128), (8, 128, 256),
+                       (8, 256, 256), (4, 256, 512), (4, 512, 512), (2, 512, 512)})
+
+
+@pytest.mark.parametrize("size,cin,cout", LAYER_SHAPES)
+def test_cpu_convolution_equals_xla_at_every_layer_shape_used(size, cin, cout):
+  """``impl="cpu"`` (Winograd from 128 input channels, im2col below) against XLA's
+  convolution at each layer shape of the paper-size step: values to 1e-5 of their scale and
+  both gradients to 1e-4 of theirs (float32; Winograd's transforms add a few roundings)."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, cin))
+  k = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) / np.sqrt(9 * cin)
+  g = jax.random.normal(jax.random.key(2), (2, size, size, cout))
+  ref, got = (functools.partial(generator.conv2d, impl=i) for i in ("xla", "cpu"))
+  scale = float(jnp.abs(ref(x, k)).max())
+  np.testing.assert_allclose(got(x, k), ref(x, k), atol=1e-5 * scale)
+  loss = lambda f: lambda x, k: jnp.sum(f(x, k) * g)   # noqa: E731
+  for a, e in zip(jax.grad(loss(got), (0, 1))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
+    np.testing.assert_allclose(a, e, atol=1e-4 * float(jnp.abs(e).max()))
+
+
+def test_cpu_convolution_picks_winograd_from_128_input_channels():
+  """The per-layer choice of ``impl="cpu"``: its compiled program has Winograd's 16 batched
+  matmuls from 128 input channels, one im2col matmul below, and im2col for bf16 inputs."""
+  def batched_dots(cin, dtype=None):
+    x, k = jnp.zeros((1, 4, 4, cin)), jnp.zeros((3, 3, cin, 8))
+    text = jax.jit(lambda x, k: generator.conv2d(x, k, "cpu", dtype)).lower(x, k).as_text()
+    return "dot_general" in text and "batching_dims = [0] x [0]" in text
+  assert batched_dots(generator.WINOGRAD_MIN_CHANNELS)
+  assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS - 1)
+  assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS, "bfloat16")

@@ -194,3 +194,20 @@ def test_gfmn_moving_average_tracks_the_gap_and_zero_for_equal_stats():
   # Its gradient moves the fake mean along the tracked gap.
   g = jax.grad(lambda f: fl.apply(real_stats, f, state)[0])(fake)
   assert float(jnp.dot(-g.sum(0), gap)) > 0
+
+
+def test_feature_stats_and_their_written_out_gradient_equal_mean_and_var():
+  """The batch sums as matrix-vector products and the hand-written gradient: the values and
+  the gradient of any function of them equal autodiff of ``jnp.mean`` / ``jnp.var``, also
+  under ``vmap`` (clients) and at a non-zero mean."""
+  feats = 3.0 + jax.random.normal(jax.random.key(0), (2, 7, 50))
+  v = jax.random.normal(jax.random.key(1), (2, 50))
+
+  def loss(stats):
+    return lambda f, v: jnp.sum(v * stats(f)[0]) + jnp.sum(jnp.sin(stats(f)[1]))
+  ref = lambda f: (jnp.mean(f, 0), jnp.var(f, 0, ddof=1))   # noqa: E731
+  chex.assert_trees_all_close(jax.vmap(losses.feature_stats)(feats), jax.vmap(ref)(feats),
+                              rtol=1e-5)
+  got, want = (jax.vmap(jax.grad(loss(s)))(feats, v) for s in (losses.feature_stats, ref))
+  chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
+  assert float(jnp.abs(want).max()) > 0.1

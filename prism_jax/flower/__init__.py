@@ -12,8 +12,8 @@ processes or machines, exchanging entropy-coded masks.
   optimizer) stay on the node, in the Flower ``Context``.
 * :func:`server_app`: a ``ServerApp`` that runs the rounds: picks clients exactly as the
   simulator does, sends each one what it missed (:class:`prism_jax.downlink.Ledger`),
-  decodes the replies, checks every client's digest against its own scores, applies
-  :func:`prism_jax.round.server_step` (the rule's aggregation) and codes the round's
+  decodes the replies, checks every client's digest against its own scores, runs the
+  rule's aggregation and the nodes' own compiled ``rule.apply`` and codes the round's
   broadcast (:mod:`prism_jax.downlink`), with the privacy accountant's epsilon logged per
   round. A client that cannot apply a broadcast (it does not decode, or is not the round it
   needs) asks for the full scores, which the server then sends. Clients that fail, time

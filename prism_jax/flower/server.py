@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -17,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from prism_jax import checkpoint, downlink
-from prism_jax import round as rnd
 from prism_jax.flower.deployment import Deployment, digest
 from prism_jax.flower.keys import CONFIG, DOWN, SCORES
 from prism_jax.flower.wire import UploadError, arrays, decode_upload
@@ -91,8 +89,10 @@ class _Server:
   def __init__(self, dep: Deployment, options: ServerOptions, out_path: str | None):
     self.dep, self.options, self.out_path = dep, options, out_path
     self.n = dep.num_weights
-    self.step = jax.jit(functools.partial(rnd.server_step, dep.prism),
-                        static_argnames="participants", compiler_options=compiler_options())
+    rule = dep.prism.rule   # the server's half of round.server_step, around the nodes' apply
+    self.aggregate = jax.jit(rule.aggregate, static_argnums=4,
+                             compiler_options=compiler_options())
+    self.metrics = jax.jit(rule.metrics, compiler_options=compiler_options())
     self.state, self.downlinks = dep.initial, _Downlinks(dep, self.n)
     self.next_round, self.participants = 0, []
     self.ckpt = None
@@ -181,11 +181,12 @@ class _Server:
     prev, before = jax.device_get(self.state.scores), self.state
     # With PBM the server only needs the per-coordinate sums (secure aggregation in a
     # deployment; here the replies are summed in the clear).
-    state, sm, bcast = self.step(k_server, self.state, uploads, jnp.ones((len(decoded),)),
-                                 rotation, participants=len(decoded))
+    bcast, theta_hat = self.aggregate(k_server, before.scores, uploads,
+                                      jnp.ones((len(decoded),)), len(decoded), rotation)
     # The new state as the nodes compute it (the same compiled rule): all copies agree bitwise.
     scores, aux = dep.apply(before.scores, before.aux, bcast, before.round)
-    self.state = state.replace(scores=scores, aux=aux)
+    sm = self.metrics(bcast, theta_hat, scores)
+    self.state = state = before.replace(scores=scores, aux=aux, round=before.round + 1)
     broadcast_bits = self.downlinks.publish(bcast, int(state.round), prev)
     self.participants.append(len(decoded))
     cm = [d[2] for d in decoded]
