@@ -166,7 +166,8 @@ def build(config) -> Prism:
   dtype = PRECISIONS[config.get("precision", "float32")]
   model = generator.ResNetGenerator(config.image_size, image_channels(config), config.nz,
                                     config.ngf, input_fan=config.get("input_fan", "torch"),
-                                    matmul_dtype=dtype)
+                                    matmul_dtype=dtype,
+                                    conv_impl=generator.conv_auto_impl(clients_per_device(config)))
   fkw = dict(config.get("features_kwargs") or {})
   if config.features in ("vgg19", "cnn"):
     fkw.setdefault("image_size", config.image_size)
@@ -194,6 +195,13 @@ def build(config) -> Prism:
                      "local.dp_noise_std cannot be set with it")
   return Prism(objective, local, config.num_clients, config.get("clients_per_round"),
                config.get("client_chunk"), the_rule, refinement(config))
+
+
+def clients_per_device(config) -> int:
+  """How many clients a device's round vmaps at once (the generator's kernels are batched
+  over them): the round's clients spread over the devices, at most ``client_chunk``."""
+  per_round = config.get("clients_per_round") or config.num_clients
+  return min(config.get("client_chunk") or per_round, -(-per_round // jax.device_count()))
 
 
 def refinement(config) -> Refine | None:

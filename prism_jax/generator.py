@@ -55,18 +55,21 @@ def upsample2x(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-def conv_auto_impl() -> str:
-  """``"cpu"`` on CPU, ``"xla"`` elsewhere.
+def conv_auto_impl(clients: int = 1) -> str:
+  """``"cpu"`` on CPU (``"cpu_clients"`` for kernels vmapped over ``clients`` > 1 per
+  device), ``"xla"`` elsewhere.
 
   XLA:CPU runs convolutions whose kernel is batched (``vmap`` over clients with per-client
   masks) or that sit inside a ``lax.scan`` 5-50x slower than straight-line code; im2col
   and Winograd convolutions (slices, elementwise sums and matmuls) have neither problem.
   GPUs and TPUs run the native convolution well in both cases.
   """
-  return "cpu" if jax.default_backend() == "cpu" else "xla"
+  if jax.default_backend() != "cpu":
+    return "xla"
+  return "cpu_clients" if clients > 1 else "cpu"
 
 
-CONV_IMPLS = ("xla", "matmul", "winograd", "cpu")
+CONV_IMPLS = ("xla", "matmul", "winograd", "cpu", "cpu_clients")
 # "cpu": Winograd for 3x3 convolutions with at least this many input channels (float32),
 # im2col for the rest: the faster of the two per layer on a 2-core CPU, forward and both
 # gradients (python -m benchmarks.conv_layers; docs/performance.md).
@@ -115,11 +118,50 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 MATMUL_DTYPES = (None, "bfloat16")
 
 
-def matmul(a: jax.Array, b: jax.Array, dtype: str | None = None) -> jax.Array:
+@jax.custom_vjp
+def _matmul_clients(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a @ b`` (``[M, K] @ [K, N]``) whose kernel gradient ``a^T g`` is computed as
+  ``(g^T a)^T``. Vmapped over clients (one kernel each), that is a batched matmul in the
+  standard layout, which XLA:CPU hands to its matmul library; ``a^T g`` (both operands
+  contracted over their rows) falls back to a slower loop there: 13% of the default run's
+  local step. Unbatched, XLA's own form is 3-7% faster, hence ``conv_impl="cpu_clients"``
+  only where a device runs several clients."""
+  return a @ b
+
+
+def _matmul_clients_fwd(a, b):
+  return a @ b, (a, b)
+
+
+def _matmul_clients_bwd(res, g):
+  a, b = res
+  return _like(g @ b.T, a), _like((g.T @ a).T, b)
+
+
+_matmul_clients.defvjp(_matmul_clients_fwd, _matmul_clients_bwd)
+
+
+def _like(cotangent, primal):
+  """The cotangent summed over the mapped axes (vmapped clients) its primal does not vary
+  over, such as VGG19's weights shared by all clients (what JAX does for a plain product)."""
+  extra = tuple(_varying(cotangent) - _varying(primal))
+  return jax.lax.psum(cotangent, extra) if extra else cotangent
+
+
+def _varying(x) -> frozenset:
+  """The manual (``shard_map``) mesh axes ``x`` varies over."""
+  return jax.typeof(x).manual_axis_type.varying
+
+
+def matmul(a: jax.Array, b: jax.Array, dtype: str | None = None,
+           clients: bool = False) -> jax.Array:
   """``a @ b``; with ``dtype="bfloat16"`` the inputs are rounded to bfloat16 and the products
   accumulated in float32 (CPUs with bf16 instructions and accelerators run it faster; it
-  changes the results, so it is an option, never the CPU default)."""
+  changes the results, so it is an option, never the CPU default). ``clients``: ``b`` is
+  a kernel vmapped over several clients (:func:`_matmul_clients`)."""
   if dtype is None:
+    if clients and a.ndim >= b.ndim == 2:
+      return _matmul_clients(a.reshape(-1, a.shape[-1]), b).reshape(*a.shape[:-1], -1)
     return a @ b
   if dtype not in MATMUL_DTYPES:
     raise ValueError(f"matmul dtype must be one of {MATMUL_DTYPES}, got {dtype!r}")
@@ -132,9 +174,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
 
   ``impl``: XLA's convolution, an im2col ``"matmul"``, ``"winograd"`` (3x3 kernels by
   :func:`winograd_conv3x3`; other sizes as ``"matmul"``), or ``"cpu"``: Winograd for 3x3
-  kernels with ``WINOGRAD_MIN_CHANNELS`` inputs or more in float32, im2col otherwise.
-  ``dtype``: the matmuls' input precision (:func:`matmul`)."""
-  if impl == "cpu":
+  kernels with ``WINOGRAD_MIN_CHANNELS`` inputs or more in float32, im2col otherwise;
+  ``"cpu_clients"`` the same for kernels vmapped over several clients on a device (the
+  kernel gradient's layout, :func:`_matmul_clients`). ``dtype``: the matmuls' input
+  precision (:func:`matmul`)."""
+  clients = impl == "cpu_clients"
+  if impl in ("cpu", "cpu_clients"):
     impl = ("winograd" if kernel.shape[:2] == (3, 3) and dtype is None
             and kernel.shape[2] >= WINOGRAD_MIN_CHANNELS else "matmul")
   if impl == "xla":
@@ -156,13 +201,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
   if cout < cin:   # few outputs (the image layer): every tap's output first, then shifted
     # sums; im2col's backward would be an outer product XLA fuses with, and recomputes, its
     # producers
-    taps = matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout), dtype)
+    taps = matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout), dtype,
+                  clients)
     tp = jnp.pad(taps, pad)
     return sum(tp[:, i:i + h, j:j + w, (i * kw + j) * cout:(i * kw + j + 1) * cout]
                for i in range(kh) for j in range(kw))
   xp = jnp.pad(x, pad)
   cols = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], -1)
-  return matmul(cols, kernel.reshape(kh * kw * cin, cout), dtype)
+  return matmul(cols, kernel.reshape(kh * kw * cin, cout), dtype, clients)
 
 
 # _PHASE_TAPS[a, o, d] = 1 where tap d of a 3-tap filter on the x2 nearest-upsampled rows
@@ -174,27 +220,28 @@ def upsample_conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
                     dtype: str | None = None) -> jax.Array:
   """``conv2d(upsample2x(x), kernel)`` for a 3x3 ``kernel``, the same function.
 
-  With ``impl`` ``"matmul"``, ``"winograd"`` or ``"cpu"`` it is computed at the low
-  resolution: each of the four output phases (row and column parity) of a 3x3 conv over a
-  nearest-upsampled map is a 2x2 conv of the input whose taps are sums of the 3x3 kernel's
-  (sub-pixel convolution), 16 instead of 36 multiply-adds per input pixel and channel pair
-  and a quarter of the im2col memory; on CPU it halves the time of the generator's
-  upsampling convolutions. It already multiplies as little per output as F(2x2, 3x3)
-  would, so Winograd is not applied on top.
+  With ``impl`` ``"matmul"``, ``"winograd"``, ``"cpu"`` or ``"cpu_clients"`` it is computed
+  at the low resolution: each of the four output phases (row and column parity) of a 3x3
+  conv over a nearest-upsampled map is a 2x2 conv of the input whose taps are sums of the
+  3x3 kernel's (sub-pixel convolution), 16 instead of 36 multiply-adds per input pixel and
+  channel pair and a quarter of the im2col memory; on CPU it halves the time of the
+  generator's upsampling convolutions. It already multiplies as little per output as
+  F(2x2, 3x3) would, so Winograd is not applied on top.
   """
-  if impl not in ("matmul", "winograd", "cpu"):
+  if impl not in ("matmul", "winograd", "cpu", "cpu_clients"):
     return conv2d(upsample2x(x), kernel, impl, dtype)
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f"upsample_conv2d needs a 3x3 kernel, got {kernel.shape[:2]}")
   b, h, w, cin = x.shape
-  taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
-  phase_kernels = jnp.einsum("aid,bje,decf->abijcf", taps, taps, kernel)  # [2,2,2,2,in,out]
+  taps = lambda k, a, i: sum(k[d] for d in range(3) if _PHASE_TAPS[a][i][d])  # noqa: E731
+  rows = [[taps(kernel, a, i) for i in range(2)] for a in range(2)]    # [a][i]: [3, in, out]
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
-  def phase(a, c):
+  def phase(a, c):   # a 2x2 convolution: taps (i, j), kernels summed from the 3x3 one's
     cols = jnp.concatenate([xp[:, a + i:a + i + h, c + j:c + j + w]
                             for i in range(2) for j in range(2)], -1)
-    return matmul(cols, phase_kernels[a, c].reshape(4 * cin, -1), dtype)
+    k = jnp.concatenate([taps(rows[a][i], c, j) for i in range(2) for j in range(2)])
+    return matmul(cols, k, dtype, impl == "cpu_clients")
 
   y = jnp.stack([jnp.stack([phase(a, c) for c in range(2)], 3) for a in range(2)], 2)
   return y.reshape(b, 2 * h, 2 * w, y.shape[-1])   # [b, h, 2, w, 2, out] interleaved

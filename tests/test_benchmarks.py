@@ -164,3 +164,17 @@ def test_bf16_quality_table_sets_each_precision_beside_the_other():
   md = bf16_quality.markdown(rows)
   assert "| float32 | 3 | 30.0 ± 10.0 (20.0, 30.0, 40.0) | 0.200 | 50.0 |" in md
   assert "| bfloat16 | 3 | 35.0 ± 10.0 (25.0, 35.0, 45.0) | 0.200 | 45.0 |" in md
+
+
+def test_conv_layers_times_both_implementations_per_layer(tmp_path, monkeypatch):
+  """The per-layer benchmark behind ``conv_impl="cpu"``: a row per layer and gradient set
+  with both implementations' times, and the vmapped clients' rows, in its JSON."""
+  from benchmarks import conv_layers
+  monkeypatch.setattr(conv_layers, "PAPER", ((4, 8, 8),))
+  monkeypatch.setattr(conv_layers, "DEFAULT", ((4, 4, 4),))
+  out = tmp_path / "conv.json"
+  conv_layers.main([f"--out={out}"])
+  result = json.loads(out.read_text())
+  assert [r["kernel_grad"] for r in result["paper_layers"]] == [False, True]
+  assert all(r["im2col_ms"] > 0 and r["winograd_ms"] > 0 for r in result["paper_layers"])
+  assert result["default_layers_2_clients"][0]["layer"] == [4, 4, 4]

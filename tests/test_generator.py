@@ -188,3 +188,24 @@ def test_cpu_convolution_picks_winograd_from_128_input_channels():
   assert batched_dots(generator.WINOGRAD_MIN_CHANNELS)
   assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS - 1)
   assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS, "bfloat16")
+
+
+def test_cpu_clients_convolution_gradients_equal_xla_under_vmap():
+  """``impl="cpu_clients"`` (kernel gradient as ``(g^T a)^T``) vmapped over 3 clients with
+  a kernel each, and with a kernel all clients share (its gradient summed over them):
+  values and gradients equal XLA's convolution's."""
+  x = jax.random.normal(jax.random.key(0), (3, 2, 6, 5, 8))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 8, 4)) / np.sqrt(72)
+  g = jax.random.normal(jax.random.key(2), (3, 2, 6, 5, 4))
+
+  def loss(impl, up=False):
+    conv = generator.upsample_conv2d if up else generator.conv2d
+    def one(x, k, g):
+      return jnp.sum(conv(x, k, impl) * (g if not up else jnp.tile(g, (1, 2, 2, 1))))
+    return lambda x, k, axes: jnp.sum(jax.vmap(one, in_axes=(0, axes, 0))(x, k, g))
+  for up in (False, True):
+    for kernel, axes in ((k, 0), (k[0], None)):
+      got, want = (jax.grad(loss(i, up), (0, 1))(x, kernel, axes)
+                   for i in ("cpu_clients", "xla"))
+      chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4)
+  assert generator.conv_auto_impl(2) == "cpu_clients" and generator.conv_auto_impl() == "cpu"
