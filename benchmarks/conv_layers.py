@@ -55,30 +55,44 @@ def seconds(impl: str, size: int, cin: int, cout: int, kernel_grad: bool,
   return statistics.median(times)
 
 
+def markdown(result: dict) -> str:
+  """The two tables of docs/performance.md."""
+  lines = ["| layer (size, in, out) | gradients | im2col ms | Winograd ms | Winograd / im2col |",
+           "|---|---|---|---|---|"]
+  for r in result["paper_layers"]:
+    grads = "input, kernel" if r["kernel_grad"] else "input"
+    lines.append(f"| {tuple(r['layer'])} | {grads} | {r['im2col_ms']:.1f} | "
+                 f"{r['winograd_ms']:.1f} | {r['winograd_ms'] / r['im2col_ms']:.2f} |")
+  lines += ["", "| default layer, 2 clients | im2col ms | cpu_clients ms | ratio |",
+            "|---|---|---|---|"]
+  for r in result["default_layers_2_clients"]:
+    lines.append(f"| {tuple(r['layer'])} | {r['im2col_ms']:.1f} | {r['cpu_clients_ms']:.1f} | "
+                 f"{r['cpu_clients_ms'] / r['im2col_ms']:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", default=None, help="JSON file for the results")
   a = p.parse_args(argv)
   rows = []
-  print("| layer (size, in, out) | gradients | im2col ms | Winograd ms | Winograd / im2col |")
-  print("|---|---|---|---|---|")
   for shape in PAPER:
     for kernel_grad in (False, True):
       m, w = (1e3 * seconds(i, *shape, kernel_grad) for i in ("matmul", "winograd"))
       rows.append({"layer": shape, "kernel_grad": kernel_grad, "im2col_ms": m,
                    "winograd_ms": w})
-      print(f"| {shape} | {'input, kernel' if kernel_grad else 'input'} | {m:.1f} | {w:.1f} | "
-            f"{w / m:.2f} |", flush=True)
+      print(f"{shape} kernel_grad={kernel_grad}: im2col {m:.1f} ms, Winograd {w:.1f} ms",
+            flush=True)
   clients = []
-  print("\n| default layer, 2 clients | im2col ms | cpu_clients ms | ratio |\n|---|---|---|---|")
   for shape in DEFAULT:
     m, c = (1e3 * seconds(i, *shape, True, clients=2) for i in ("matmul", "cpu_clients"))
     clients.append({"layer": shape, "im2col_ms": m, "cpu_clients_ms": c})
-    print(f"| {shape} | {m:.1f} | {c:.1f} | {c / m:.2f} |", flush=True)
+  result = {"backend": jax.default_backend(), "jax": jax.__version__, "batch": 64,
+            "paper_layers": rows, "default_layers_2_clients": clients}
+  print(markdown(result))
   if a.out:
     with open(a.out, "w") as f:
-      json.dump({"backend": jax.default_backend(), "jax": jax.__version__, "batch": 64,
-                 "paper_layers": rows, "default_layers_2_clients": clients}, f, indent=2)
+      json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

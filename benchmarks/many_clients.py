@@ -29,7 +29,6 @@ def measure(num_clients: int, per_round: int, chunk: int, local_steps: int, roun
   """One configuration in this process: build the client data, compile, run ``rounds``
   (``chunk``: clients vmapped at once, ``lax.map`` over chunks; 0: all at once)."""
   import jax
-  import numpy as np
   from prism_jax import algorithm, sharding
   from prism_jax import client, data, features, generator, losses, partition
   from prism_jax import round as rnd

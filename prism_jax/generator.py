@@ -70,10 +70,12 @@ def conv_auto_impl(clients: int = 1) -> str:
 
 
 CONV_IMPLS = ("xla", "matmul", "winograd", "cpu", "cpu_clients")
-# "cpu": Winograd for 3x3 convolutions with at least this many input channels (float32),
-# im2col for the rest: the faster of the two per layer on a 2-core CPU, forward and both
-# gradients (python -m benchmarks.conv_layers; docs/performance.md).
+# "cpu": Winograd for 3x3 convolutions with at least this many input channels on maps of
+# at least this size (float32), im2col for the rest: the faster of the two per layer on a
+# 2-core CPU, forward and both gradients (python -m benchmarks.conv_layers;
+# docs/performance.md).
 WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_SIZE = 4
 
 # Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, CVPR 2016): Y = A^T [(G g G^T) *
 # (B^T d B)] A for a 4x4 input tile d and a 3x3 filter g gives a 2x2 output tile of the
@@ -174,14 +176,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
 
   ``impl``: XLA's convolution, an im2col ``"matmul"``, ``"winograd"`` (3x3 kernels by
   :func:`winograd_conv3x3`; other sizes as ``"matmul"``), or ``"cpu"``: Winograd for 3x3
-  kernels with ``WINOGRAD_MIN_CHANNELS`` inputs or more in float32, im2col otherwise;
+  kernels with ``WINOGRAD_MIN_CHANNELS`` inputs or more on maps of ``WINOGRAD_MIN_SIZE`` or
+  more in float32, im2col otherwise;
   ``"cpu_clients"`` the same for kernels vmapped over several clients on a device (the
   kernel gradient's layout, :func:`_matmul_clients`). ``dtype``: the matmuls' input
   precision (:func:`matmul`)."""
   clients = impl == "cpu_clients"
   if impl in ("cpu", "cpu_clients"):
     impl = ("winograd" if kernel.shape[:2] == (3, 3) and dtype is None
-            and kernel.shape[2] >= WINOGRAD_MIN_CHANNELS else "matmul")
+            and kernel.shape[2] >= WINOGRAD_MIN_CHANNELS
+            and min(x.shape[1:3]) >= WINOGRAD_MIN_SIZE else "matmul")
   if impl == "xla":
     if dtype is not None:
       return jax.lax.conv_general_dilated(

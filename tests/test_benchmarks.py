@@ -178,3 +178,22 @@ def test_conv_layers_times_both_implementations_per_layer(tmp_path, monkeypatch)
   assert [r["kernel_grad"] for r in result["paper_layers"]] == [False, True]
   assert all(r["im2col_ms"] > 0 and r["winograd_ms"] > 0 for r in result["paper_layers"])
   assert result["default_layers_2_clients"][0]["layer"] == [4, 4, 4]
+
+
+def test_run_seconds_sums_each_runs_rounds_and_reads_its_quality(tmp_path):
+  """The before/after table: training seconds are the sum of the rounds' (evaluation rows
+  without seconds left out), quality from summary.json, one row per named run."""
+  from benchmarks import run_seconds
+  for name, secs in (("a", (3.0, 2.0)), ("b", (1.0, 1.5))):
+    d = tmp_path / name
+    d.mkdir()
+    rows = [{"round": 0, "domain_fid_fixed": 99.0}] + [{"round": i + 1, "seconds": s}
+                                                        for i, s in enumerate(secs)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "summary.json").write_text(json.dumps(
+        {"seconds_total": 10.0, "domain_fid_fixed": 20.0 + len(name), "legibility_fixed": 0.5}))
+  out = tmp_path / "out.json"
+  run_seconds.main([f"before={tmp_path / 'a'}", f"after={tmp_path / 'b'}", f"--out={out}"])
+  result = json.loads(out.read_text())
+  assert result["before"]["training_seconds"] == 5.0 and result["after"]["training_seconds"] == 2.5
+  assert "| after | 1.0, 1.5 | 2 | 10 | 21.0 | 0.500 |" in run_seconds.markdown(result)

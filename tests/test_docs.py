@@ -70,3 +70,14 @@ def test_performance_page_holds_the_measured_official_comparison():
 def test_performance_page_holds_the_measured_bf16_quality_table():
   table = (ROOT / "benchmarks" / "results" / "bf16_quality.md").read_text().strip()
   assert table in (ROOT / "docs" / "performance.md").read_text()
+
+
+def test_performance_page_holds_the_measured_convolution_and_default_run_tables():
+  import json
+
+  from benchmarks import conv_layers, run_seconds
+  page = (ROOT / "docs" / "performance.md").read_text()
+  results = ROOT / "benchmarks" / "results"
+  for module, name in ((conv_layers, "conv_layers"), (run_seconds, "default_before_after")):
+    table = module.markdown(json.loads((results / f"{name}.json").read_text())).strip()
+    assert f"<!-- {name} -->\n{table}\n<!-- /{name} -->" in page

@@ -164,7 +164,7 @@ LAYER_SHAPES = sorted({(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128),
 
 @pytest.mark.parametrize("size,cin,cout", LAYER_SHAPES)
 def test_cpu_convolution_equals_xla_at_every_layer_shape_used(size, cin, cout):
-  """``impl="cpu"`` (Winograd from 128 input channels, im2col below) against XLA's
+  """``impl="cpu"`` (Winograd from 128 input channels on 4x4 maps, else im2col) against XLA's
   convolution at each layer shape of the paper-size step: values to 1e-5 of their scale and
   both gradients to 1e-4 of theirs (float32; Winograd's transforms add a few roundings)."""
   x = jax.random.normal(jax.random.key(0), (2, size, size, cin))
@@ -178,16 +178,18 @@ def test_cpu_convolution_equals_xla_at_every_layer_shape_used(size, cin, cout):
     np.testing.assert_allclose(a, e, atol=1e-4 * float(jnp.abs(e).max()))
 
 
-def test_cpu_convolution_picks_winograd_from_128_input_channels():
+def test_cpu_convolution_picks_winograd_from_128_input_channels_and_4x4_maps():
   """The per-layer choice of ``impl="cpu"``: its compiled program has Winograd's 16 batched
-  matmuls from 128 input channels, one im2col matmul below, and im2col for bf16 inputs."""
-  def batched_dots(cin, dtype=None):
-    x, k = jnp.zeros((1, 4, 4, cin)), jnp.zeros((3, 3, cin, 8))
+  matmuls from 128 input channels on 4x4 maps or larger, one im2col matmul below, and
+  im2col for bf16 inputs."""
+  def batched_dots(cin, size=4, dtype=None):
+    x, k = jnp.zeros((1, size, size, cin)), jnp.zeros((3, 3, cin, 8))
     text = jax.jit(lambda x, k: generator.conv2d(x, k, "cpu", dtype)).lower(x, k).as_text()
     return "dot_general" in text and "batching_dims = [0] x [0]" in text
   assert batched_dots(generator.WINOGRAD_MIN_CHANNELS)
   assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS - 1)
-  assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS, "bfloat16")
+  assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS, generator.WINOGRAD_MIN_SIZE - 2)
+  assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS, dtype="bfloat16")
 
 
 def test_cpu_clients_convolution_gradients_equal_xla_under_vmap():
