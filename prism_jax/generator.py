@@ -177,10 +177,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
   ``impl``: XLA's convolution, an im2col ``"matmul"``, ``"winograd"`` (3x3 kernels by
   :func:`winograd_conv3x3`; other sizes as ``"matmul"``), or ``"cpu"``: Winograd for 3x3
   kernels with ``WINOGRAD_MIN_CHANNELS`` inputs or more on maps of ``WINOGRAD_MIN_SIZE`` or
-  more in float32, im2col otherwise;
-  ``"cpu_clients"`` the same for kernels vmapped over several clients on a device (the
-  kernel gradient's layout, :func:`_matmul_clients`). ``dtype``: the matmuls' input
-  precision (:func:`matmul`)."""
+  more in float32, im2col otherwise; ``"cpu_clients"`` the same for kernels vmapped over
+  several clients on a device (the kernel gradient's layout, :func:`_matmul_clients`).
+  ``dtype``: the matmuls' input precision (:func:`matmul`)."""
   clients = impl == "cpu_clients"
   if impl in ("cpu", "cpu_clients"):
     impl = ("winograd" if kernel.shape[:2] == (3, 3) and dtype is None
