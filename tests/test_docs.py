@@ -73,11 +73,13 @@ def test_performance_page_holds_the_measured_bf16_quality_table():
 
 
 def test_performance_page_holds_the_measured_convolution_and_default_run_tables():
+  """Each table of the CPU-step section is its benchmark's JSON as the benchmark prints it."""
   import json
 
   from benchmarks import conv_layers, run_seconds
   page = (ROOT / "docs" / "performance.md").read_text()
   results = ROOT / "benchmarks" / "results"
-  for module, name in ((conv_layers, "conv_layers"), (run_seconds, "default_before_after")):
+  for module, name in ((conv_layers, "conv_layers"), (run_seconds, "default_before_after"),
+                       (run_seconds, "default_seeds")):
     table = module.markdown(json.loads((results / f"{name}.json").read_text())).strip()
     assert f"<!-- {name} -->\n{table}\n<!-- /{name} -->" in page
