@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.round_throughput import _timed
 from prism_jax import generator
 
 # (size, in, out): VGG19's convolutions at 32x32 and the paper generator's second ones.
@@ -46,13 +45,7 @@ def seconds(impl: str, size: int, cin: int, cout: int, kernel_grad: bool,
     g = g if kernel_grad else (g, jnp.zeros_like(c[1]))
     return (c[0] - 1e-4 * g[0], c[1] - 1e-4 * g[1]), None
   run = jax.jit(lambda x, k: jax.lax.scan(body, (x, k), None, length=STEPS)[0])
-  jax.block_until_ready(run(x, k))
-  times = []
-  for _ in range(3):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(x, k))
-    times.append((time.perf_counter() - t0) / STEPS)
-  return statistics.median(times)
+  return _timed(lambda: run(x, k), repeats=3)[1] / STEPS
 
 
 def markdown(result: dict) -> str:

@@ -144,8 +144,8 @@ _matmul_clients.defvjp(_matmul_clients_fwd, _matmul_clients_bwd)
 
 
 def _like(cotangent, primal):
-  """The cotangent summed over the mapped axes (vmapped clients) its primal does not vary
-  over, such as VGG19's weights shared by all clients (what JAX does for a plain product)."""
+  """The cotangent summed over the mapped (``shard_map``) axes its primal does not vary
+  over, such as a kernel all clients share (what JAX does for a plain product)."""
   extra = tuple(_varying(cotangent) - _varying(primal))
   return jax.lax.psum(cotangent, extra) if extra else cotangent
 
