@@ -1,10 +1,12 @@
 import functools
+from unittest import mock
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from prism_jax import generator, masking
 
@@ -190,6 +192,46 @@ def test_cpu_convolution_picks_winograd_from_128_input_channels_and_4x4_maps():
   assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS - 1)
   assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS, generator.WINOGRAD_MIN_SIZE - 2)
   assert not batched_dots(generator.WINOGRAD_MIN_CHANNELS, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("dtype,tol", [(None, 1e-5), ("bfloat16", 2e-2)])
+def test_tiled_im2col_convolution_equals_xla_under_vmap(dtype, tol):
+  """``impl="cpu"``'s batch-tiled im2col (columns over ``IM2COL_TILE_BYTES``; here 3 images'
+  worth, so 6 images run as 2 tiles) vmapped over 2 clients with a kernel each, and with a
+  frozen kernel (no kernel gradient, as VGG19's): values and both gradients equal XLA's
+  convolution's (float32 to 1e-5 of their scale; bf16 inputs to bf16's rounding)."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 7, 8))
+  k = jax.random.normal(jax.random.key(1), (2, 3, 3, 8, 8)) / np.sqrt(72)
+  g = jax.random.normal(jax.random.key(2), (2, 6, 5, 7, 8))
+  per_image = 5 * 7 * 9 * 8 * (4 if dtype is None else 2)
+  assert generator.batch_tiles(6, per_image, 3 * per_image) == 2
+
+  def loss(impl):
+    one = lambda x, k, g: jnp.sum(generator.conv2d(x, k, impl, dtype) * g)  # noqa: E731
+    return lambda x, k: jnp.sum(jax.vmap(one)(x, k, g))
+  with mock.patch.object(generator, "IM2COL_TILE_BYTES", 3 * per_image):
+    text = jax.jit(jax.value_and_grad(loss("cpu"), (0, 1))).lower(x, k).as_text()
+    got = jax.value_and_grad(loss("cpu"), (0, 1))(x, k)
+    frozen = jax.grad(loss("cpu"))(x, k)
+  assert text.count("stablehlo.while") == 2   # the forward's tiles and the backward's
+  want = jax.value_and_grad(loss("xla"), (0, 1))(x, k)
+  for a, e in zip(jax.tree.leaves(got) + [frozen], jax.tree.leaves(want) + [want[1][0]]):
+    np.testing.assert_allclose(a, e, atol=tol * float(jnp.abs(e).max()))
+  # In the round's shard_map, with a kernel all clients of the device share
+  mesh = jax.sharding.Mesh(jax.devices()[:1], ("clients",))
+  def sharded(impl):
+    one = lambda x, k, g: jnp.sum(generator.conv2d(x, k, impl, dtype) * g)  # noqa: E731
+    grads = lambda x, k, g: jax.grad(  # noqa: E731
+        lambda x, k: jnp.sum(jax.vmap(one, (0, None, 0))(x, k, g)), (0, 1))(x, k)
+    return jax.shard_map(grads, mesh=mesh, in_specs=(P("clients"), P(), P("clients")),
+                         out_specs=(P("clients"), P()))(x, k[0], g)
+  with mock.patch.object(generator, "IM2COL_TILE_BYTES", 3 * per_image):
+    got = sharded("cpu")
+  for a, e in zip(got, sharded("xla")):
+    np.testing.assert_allclose(a, e, atol=tol * float(jnp.abs(e).max()))
+  assert generator.batch_tiles(64, 2 ** 20, 8 * 2 ** 20) == 8
+  assert generator.batch_tiles(6, 100, 10) == 6   # one image per tile at the least
+  assert generator.batch_tiles(64, 100) == 1
 
 
 def test_cpu_clients_convolution_gradients_equal_xla_under_vmap():
