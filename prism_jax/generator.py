@@ -76,10 +76,15 @@ CONV_IMPLS = ("xla", "matmul", "winograd", "cpu", "cpu_clients")
 # docs/performance.md).
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MIN_SIZE = 4
-# "cpu": an im2col convolution whose columns (one client's batch) take more bytes than this
-# runs over batch tiles of at most this size (:func:`tiled_im2col_conv`): each tile's
-# columns stay in the two cores' caches instead of streaming through memory.
+# "cpu": an im2col convolution with at least TILE_MIN_CHANNELS inputs on maps of at least
+# TILE_MIN_SIZE whose columns (one client's batch) take more than IM2COL_TILE_BYTES runs over
+# batch tiles of at most that size (:func:`tiled_im2col_conv`), so that each tile's columns
+# stay in the two cores' caches instead of streaming through memory: 3-5% of the paper-size
+# step; the default run's narrower layers, vmapped over 2 clients, ran 11% slower tiled
+# (python -m benchmarks.conv_layers; docs/performance.md).
 IM2COL_TILE_BYTES = 8 * 2 ** 20
+TILE_MIN_CHANNELS = 64
+TILE_MIN_SIZE = 16
 
 # Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, CVPR 2016): Y = A^T [(G g G^T) *
 # (B^T d B)] A for a 4x4 input tile d and a 3x3 filter g gives a 2x2 output tile of the
@@ -181,8 +186,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
   ``impl``: XLA's convolution, an im2col ``"matmul"``, ``"winograd"`` (3x3 kernels by
   :func:`winograd_conv3x3`; other sizes as ``"matmul"``), or ``"cpu"``: Winograd for 3x3
   kernels with ``WINOGRAD_MIN_CHANNELS`` inputs or more on maps of ``WINOGRAD_MIN_SIZE`` or
-  more in float32, im2col otherwise (in batch tiles where the columns exceed
-  ``IM2COL_TILE_BYTES``, :func:`tiled_im2col_conv`); ``"cpu_clients"`` the same for kernels vmapped over
+  more in float32, im2col otherwise (in batch tiles for wide layers on large maps,
+  :func:`tiled_im2col_conv`); ``"cpu_clients"`` the same for kernels vmapped over
   several clients on a device (the kernel gradient's layout, :func:`_matmul_clients`).
   ``dtype``: the matmuls' input precision (:func:`matmul`)."""
   clients, tiled = impl == "cpu_clients", impl in ("cpu", "cpu_clients")
@@ -213,7 +218,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
     tp = jnp.pad(taps, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
     return sum(tp[:, i:i + h, j:j + w, (i * kw + j) * cout:(i * kw + j + 1) * cout]
                for i in range(kh) for j in range(kw))
-  if tiled:   # "cpu", "cpu_clients": large columns in batch tiles
+  if tiled and cin >= TILE_MIN_CHANNELS and min(h, w) >= TILE_MIN_SIZE:
     tiles = batch_tiles(x.shape[0], h * w * kh * kw * cin * (4 if dtype is None else 2))
     if tiles > 1:
       return tiled_im2col_conv(x, kernel, tiles, dtype)

@@ -168,16 +168,28 @@ def test_bf16_quality_table_sets_each_precision_beside_the_other():
 
 def test_conv_layers_times_both_implementations_per_layer(tmp_path, monkeypatch):
   """The per-layer benchmark behind ``conv_impl="cpu"``: a row per layer and gradient set
-  with both implementations' times, and the vmapped clients' rows, in its JSON."""
+  with each implementation's times (batch tiles where the columns exceed the tile size:
+  here 16 images' worth of a 4x4x8 layer, so 4 tiles of 64), and the vmapped clients' rows,
+  in its JSON and its tables."""
   from benchmarks import conv_layers
-  monkeypatch.setattr(conv_layers, "PAPER", ((4, 8, 8),))
-  monkeypatch.setattr(conv_layers, "DEFAULT", ((4, 4, 4),))
+  from prism_jax import generator
+  monkeypatch.setattr(conv_layers, "PAPER", ((4, 8, 8), (4, 8, 4)))
+  monkeypatch.setattr(conv_layers, "DEFAULT", ((4, 8, 8),))
+  monkeypatch.setattr(generator, "IM2COL_TILE_BYTES", 16 * 4 * 4 * 9 * 8 * 4)
   out = tmp_path / "conv.json"
   conv_layers.main([f"--out={out}"])
   result = json.loads(out.read_text())
-  assert [r["kernel_grad"] for r in result["paper_layers"]] == [False, True]
-  assert all(r["im2col_ms"] > 0 and r["winograd_ms"] > 0 for r in result["paper_layers"])
-  assert result["default_layers_2_clients"][0]["layer"] == [4, 4, 4]
+  rows = result["paper_layers"]
+  assert [r["kernel_grad"] for r in rows] == [False, True] * 2
+  assert [r["tiles"] for r in rows] == [4, 4, 1, 1]   # fewer outputs than inputs: not im2col
+  assert all(r["im2col_ms"] > 0 and r["winograd_ms"] > 0 for r in rows)
+  assert rows[0]["tiled_ms"] > 0 and rows[2]["tiled_ms"] is None
+  clients = result["default_layers_2_clients"][0]
+  assert clients["layer"] == [4, 8, 8] and clients["tiles"] == 4
+  assert clients["cpu_clients_ms"] > 0 and clients["cpu_clients_tiled_ms"] > 0
+  md = conv_layers.markdown(result)
+  assert f"| (4, 8, 8) | input | {rows[0]['im2col_ms']:.1f} | {rows[0]['tiled_ms']:.1f} (4) |" in md
+  assert "| (4, 8, 4) | input, kernel |" in md and md.count(" - |") == 2
 
 
 def test_run_seconds_sums_each_runs_rounds_and_reads_its_quality(tmp_path):

@@ -195,11 +195,14 @@ def test_cpu_convolution_picks_winograd_from_128_input_channels_and_4x4_maps():
 
 
 @pytest.mark.parametrize("dtype,tol", [(None, 1e-5), ("bfloat16", 2e-2)])
-def test_tiled_im2col_convolution_equals_xla_under_vmap(dtype, tol):
+def test_tiled_im2col_convolution_equals_xla_under_vmap(dtype, tol, monkeypatch):
   """``impl="cpu"``'s batch-tiled im2col (columns over ``IM2COL_TILE_BYTES``; here 3 images'
-  worth, so 6 images run as 2 tiles) vmapped over 2 clients with a kernel each, and with a
-  frozen kernel (no kernel gradient, as VGG19's): values and both gradients equal XLA's
-  convolution's (float32 to 1e-5 of their scale; bf16 inputs to bf16's rounding)."""
+  worth, so 6 images run as 2 tiles) vmapped over 2 clients with a kernel each, with a
+  frozen kernel (no kernel gradient, as VGG19's) and in a shard_map with a kernel the
+  clients share: values and both gradients equal XLA's convolution's (float32 to 1e-5 of
+  their scale; bf16 inputs to bf16's rounding)."""
+  monkeypatch.setattr(generator, "TILE_MIN_CHANNELS", 8)
+  monkeypatch.setattr(generator, "TILE_MIN_SIZE", 5)
   x = jax.random.normal(jax.random.key(0), (2, 6, 5, 7, 8))
   k = jax.random.normal(jax.random.key(1), (2, 3, 3, 8, 8)) / np.sqrt(72)
   g = jax.random.normal(jax.random.key(2), (2, 6, 5, 7, 8))
@@ -210,6 +213,8 @@ def test_tiled_im2col_convolution_equals_xla_under_vmap(dtype, tol):
     one = lambda x, k, g: jnp.sum(generator.conv2d(x, k, impl, dtype) * g)  # noqa: E731
     return lambda x, k: jnp.sum(jax.vmap(one)(x, k, g))
   with mock.patch.object(generator, "IM2COL_TILE_BYTES", 3 * per_image):
+    assert "while" not in jax.jit(lambda x, k: generator.conv2d(x[0], k[0], "cpu", dtype)).lower(
+        x[:, :, :4], k).as_text()   # maps under TILE_MIN_SIZE: untiled
     text = jax.jit(jax.value_and_grad(loss("cpu"), (0, 1))).lower(x, k).as_text()
     got = jax.value_and_grad(loss("cpu"), (0, 1))(x, k)
     frozen = jax.grad(loss("cpu"))(x, k)
