@@ -80,8 +80,8 @@ WINOGRAD_MIN_SIZE = 4
 # TILE_MIN_SIZE whose columns (one client's batch) take more than IM2COL_TILE_BYTES runs over
 # batch tiles of at most that size (:func:`tiled_im2col_conv`), so that each tile's columns
 # stay in the two cores' caches instead of streaming through memory: 3-5% of the paper-size
-# step; the default run's narrower layers, vmapped over 2 clients, ran 11% slower tiled
-# (python -m benchmarks.conv_layers; docs/performance.md).
+# step; the default run, whose narrower layers run vmapped over 2 clients, took 10% longer
+# a round with them tiled (python -m benchmarks.conv_layers; docs/performance.md).
 IM2COL_TILE_BYTES = 8 * 2 ** 20
 TILE_MIN_CHANNELS = 64
 TILE_MIN_SIZE = 16
