@@ -246,6 +246,11 @@ def _split(x: jax.Array, tiles: int) -> jax.Array:
   return x.reshape(tiles, x.shape[0] // tiles, *x.shape[1:])
 
 
+def _rounded(x: jax.Array, dtype: str | None) -> jax.Array:
+  """``x`` in the matmuls' input precision (rounding before im2col: 9x fewer values)."""
+  return x if dtype is None else x.astype(dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def tiled_im2col_conv(x: jax.Array, kernel: jax.Array, tiles: int,
                       dtype: str | None = None) -> jax.Array:
@@ -259,9 +264,9 @@ def tiled_im2col_conv(x: jax.Array, kernel: jax.Array, tiles: int,
   tiles (and dropped by the compiler where the kernel is not differentiated, as VGG19's).
   ``dtype="bfloat16"``: the tiles are rounded before their columns are built."""
   kh, kw, cin, cout = kernel.shape
-  low = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))  # noqa: E731
   k2 = kernel.reshape(kh * kw * cin, cout)
-  y = jax.lax.map(lambda xt: matmul(_im2col(low(xt), kh, kw), k2, dtype), _split(x, tiles))
+  y = jax.lax.map(lambda xt: matmul(_im2col(_rounded(xt, dtype), kh, kw), k2, dtype),
+                  _split(x, tiles))
   return y.reshape(*x.shape[:3], cout)
 
 
@@ -272,14 +277,13 @@ def _tiled_fwd(x, kernel, tiles, dtype):
 def _tiled_bwd(tiles, dtype, res, g):
   x, kernel = res
   kh, kw, cin, cout = kernel.shape
-  low = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))  # noqa: E731
   flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
 
   def tile(dk, xg):
     xt, gt = xg
-    cols = _im2col(low(xt), kh, kw).reshape(-1, kh * kw * cin)
+    cols = _im2col(_rounded(xt, dtype), kh, kw).reshape(-1, kh * kw * cin)
     return dk + matmul(gt.reshape(-1, cout).T, cols, dtype), matmul(
-        _im2col(low(gt), kh, kw), flipped, dtype)
+        _im2col(_rounded(gt, dtype), kh, kw), flipped, dtype)
 
   dk = jnp.zeros((cout, kh * kw * cin), jnp.float32)
   axes = (_varying(x) | _varying(g) | _varying(kernel)) - _varying(dk)
