@@ -56,7 +56,7 @@ def seconds(impl: str, size: int, cin: int, cout: int, kernel_grad: bool,
 
 def tiles_of(size: int, cin: int) -> int:
   """The batch tiles of an im2col layer's columns at ``IM2COL_TILE_BYTES`` (1: untiled)."""
-  return generator.batch_tiles(64, size * size * 9 * cin * 4)
+  return generator.batch_tiles(64, generator.column_bytes((64, size, size, cin), (3, 3, cin, 1)))
 
 
 def markdown(result: dict) -> str:

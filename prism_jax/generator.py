@@ -215,21 +215,32 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
     # producers
     taps = matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout), dtype,
                   clients)
-    tp = jnp.pad(taps, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    tp = _pad_same(taps, kh, kw)
     return sum(tp[:, i:i + h, j:j + w, (i * kw + j) * cout:(i * kw + j + 1) * cout]
                for i in range(kh) for j in range(kw))
   if tiled and cin >= TILE_MIN_CHANNELS and min(h, w) >= TILE_MIN_SIZE:
-    tiles = batch_tiles(x.shape[0], h * w * kh * kw * cin * (4 if dtype is None else 2))
+    tiles = batch_tiles(x.shape[0], column_bytes(x.shape, kernel.shape, dtype))
     if tiles > 1:
       return tiled_im2col_conv(x, kernel, tiles, dtype)
   return matmul(_im2col(x, kh, kw), kernel.reshape(kh * kw * cin, cout), dtype, clients)
 
 
+def _pad_same(x: jax.Array, kh: int, kw: int) -> jax.Array:
+  """NHWC ``x`` zero-padded for a stride-1 'SAME' ``kh x kw`` convolution (odd sizes)."""
+  return jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+
+
 def _im2col(x: jax.Array, kh: int, kw: int) -> jax.Array:
   """``[b, h, w, kh * kw * c]``: each pixel's 'SAME'-padded ``kh x kw`` neighbourhood."""
   h, w = x.shape[1:3]
-  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  xp = _pad_same(x, kh, kw)
   return jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], -1)
+
+
+def column_bytes(x_shape, kernel_shape, dtype: str | None = None) -> int:
+  """Bytes of one image's im2col columns (float32, or bf16 with ``dtype="bfloat16"``)."""
+  (_, h, w, _), (kh, kw, cin, _) = x_shape, kernel_shape
+  return h * w * kh * kw * cin * (4 if dtype is None else 2)
 
 
 def batch_tiles(batch: int, bytes_per_image: int, tile_bytes: int | None = None) -> int:
@@ -320,7 +331,7 @@ def upsample_conv2d(x: jax.Array, kernel: jax.Array, impl: str = "xla",
   b, h, w, cin = x.shape
   taps = lambda k, a, i: sum(k[d] for d in range(3) if _PHASE_TAPS[a][i][d])  # noqa: E731
   rows = [[taps(kernel, a, i) for i in range(2)] for a in range(2)]    # [a][i]: [3, in, out]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  xp = _pad_same(x, 3, 3)
 
   def phase(a, c):   # a 2x2 convolution: taps (i, j), kernels summed from the 3x3 one's
     cols = jnp.concatenate([xp[:, a + i:a + i + h, c + j:c + j + w]
